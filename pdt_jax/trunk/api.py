@@ -1,0 +1,176 @@
+"""``Trunk``: the user-facing handle on a GPT-OSS decoder (config + parameters + compiled calls).
+
+    trunk = Trunk.from_pretrained("gpt-oss-20b/")          # HF directory or converted checkpoint
+    logits = trunk.logits(ids_BxT)                          # float32 numpy [B, T, V]
+    out = trunk.generate([[1, 2, 3]], max_new_tokens=32)    # cached sequential decoding
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdt_jax import sampling
+from pdt_jax.trunk import cache as kv
+from pdt_jax.trunk import model
+from pdt_jax.trunk.config import ConfigError, TrunkConfig
+from pdt_jax.trunk.hf_layout import CheckpointError, load_hf_params, read_hf_config
+from pdt_jax.trunk.params import init_trunk, trunk_specs
+
+CONVERTED_MARKER = "pdt_trunk.json"  # config of a converted (Orbax) trunk checkpoint
+
+
+def pad_batch(sequences, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads a list of token lists (or a [B, T] array) → (ids int32 [B, T], lengths int32 [B])."""
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 2:
+        return sequences.astype(np.int32), np.full((sequences.shape[0],), sequences.shape[1], np.int32)
+    seqs = [list(map(int, s)) for s in sequences]
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("every prompt must hold at least one token")
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+    return ids, np.array([len(s) for s in seqs], np.int32)
+
+
+def bucket(n: int, step: int = 64) -> int:
+    """Round a cache length up so that nearby lengths share one compiled program."""
+    return ((n + step - 1) // step) * step
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    tokens: list[list[int]]  # generated ids per row (EOS included when it was produced)
+    prompt_lengths: list[int]
+    finished: list[bool]  # row stopped at an EOS token
+
+
+def _cast_params(params, cfg: TrunkConfig):
+    specs = trunk_specs(cfg)
+    from pdt_jax.trunk.params import is_spec
+    return jax.tree.map(lambda s, p: jnp.asarray(p, s.dtype), specs, params, is_leaf=is_spec)
+
+
+class Trunk:
+    def __init__(self, cfg: TrunkConfig, params: dict, moe_impl: str = "auto"):
+        self.cfg = cfg
+        self.params = params
+        self.moe_impl = moe_impl
+        self._prefill = jax.jit(partial(self._prefill_fn, cfg, moe_impl), static_argnames=("max_len",))
+        self._step = jax.jit(partial(self._step_fn, cfg, moe_impl), donate_argnums=(1,))
+        self._logits = jax.jit(partial(self._logits_fn, cfg, moe_impl))
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def random(cls, cfg: TrunkConfig, seed: int = 0, init_std: float = 0.02, **kw) -> "Trunk":
+        return cls(cfg, init_trunk(cfg, jax.random.key(seed), init_std), **kw)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str | None = None, **kw) -> "Trunk":
+        """Loads an HF GPT-OSS directory (config.json + safetensors, f32 or bf16) or a converted
+        checkpoint (``pdt_trunk.json`` + Orbax ``params/``). ``dtype`` ('float32'|'bfloat16')
+        selects the parameter and compute dtype; default: the checkpoint's."""
+        if not os.path.isdir(path):
+            raise CheckpointError(f"{path}: expected a checkpoint directory, found "
+                                  f"{'a file' if os.path.exists(path) else 'nothing'}")
+        if dtype is not None and dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype: expected 'float32' or 'bfloat16', found {dtype!r}")
+        if os.path.exists(os.path.join(path, CONVERTED_MARKER)):
+            from pdt_jax.trunk.checkpoint import load_converted
+            cfg, params = load_converted(path, dtype)
+            return cls(cfg, params, **kw)
+        hf = read_hf_config(path)
+        try:
+            cfg = TrunkConfig.from_hf(hf, dtype=dtype)
+        except ConfigError as e:
+            raise CheckpointError(f"{os.path.join(path, 'config.json')}: {e}") from e
+        if (hf.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+            raise CheckpointError(f"{path}: MXFP4-quantized checkpoint; convert it first with "
+                                  f"`python -m converters.gpt_oss import --src {path} --dst DIR`")
+        params = load_hf_params(path, cfg, cfg.dtype, place=lambda _, a: jnp.asarray(a))
+        return cls(cfg, params, **kw)
+
+    def save(self, path: str) -> None:
+        from pdt_jax.trunk.checkpoint import save_converted
+        save_converted(path, self.cfg, self.params)
+
+    def astype(self, dtype: str) -> "Trunk":
+        cfg = self.cfg.replace(dtype=dtype)
+        return Trunk(cfg, _cast_params(self.params, cfg), self.moe_impl)
+
+    # ---- pure functions (jitted in __init__) ---------------------------------------------------
+    @staticmethod
+    def _logits_fn(cfg, moe_impl, params, ids, lengths):
+        hidden, _ = model.prefill(params, ids, lengths, cfg=cfg, moe_impl=moe_impl)
+        return model.unembed(params, hidden)
+
+    @staticmethod
+    def _prefill_fn(cfg, moe_impl, params, ids, lengths, *, max_len):
+        hidden, cache = model.prefill(params, ids, lengths, cfg=cfg, max_len=max_len, moe_impl=moe_impl)
+        last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)
+        return model.unembed(params, last)[:, 0], cache
+
+    @staticmethod
+    def _step_fn(cfg, moe_impl, params, cache, token_B, active_B):
+        hidden, cache = model.extend(params, token_B[:, None], cache, cfg=cfg, active_B=active_B, moe_impl=moe_impl)
+        return model.unembed(params, hidden)[:, 0], cache
+
+    # ---- user API ------------------------------------------------------------------------------
+    def logits(self, token_ids) -> np.ndarray:
+        """token_ids int [B, T] → float32 numpy logits [B, T, V]."""
+        ids = np.asarray(token_ids, np.int32)
+        if ids.ndim != 2:
+            raise ValueError(f"token_ids: expected an int array [B, T], found shape {ids.shape}")
+        lengths = np.full((ids.shape[0],), ids.shape[1], np.int32)
+        return np.asarray(self._logits(self.params, ids, lengths))
+
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = 0, eos_ids=None, return_logits: bool = False):
+        """Cached sequential decoding for a batch of prompts of any lengths. The decode step is
+        compiled once per (batch, cache bucket) and reused for every token."""
+        ids, lengths = pad_batch(prompt_ids, pad_id=self.cfg.pad_token_id)
+        B = ids.shape[0]
+        max_len = bucket(int(lengths.max()) + max_new_tokens)
+        if max_len > self.cfg.max_position_embeddings:
+            raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds max_position_embeddings "
+                             f"{self.cfg.max_position_embeddings}")
+        eos = np.asarray(sorted(set(self.cfg.eos_token_ids if eos_ids is None else eos_ids)) or [-1], np.int32)
+        key = jax.random.key(seed)
+        logits, cache = self._prefill(self.params, ids, lengths, max_len=max_len)
+        active = jnp.ones((B,), bool)
+        out, all_logits = [], []
+        for t in range(max_new_tokens):
+            key, sub = jax.random.split(key)
+            token = _choose(logits, sub, temperature, top_p, top_k, active, self.cfg.pad_token_id)
+            out.append(token)
+            if return_logits:
+                all_logits.append(logits)
+            active = active & ~jnp.isin(token, eos)
+            if t + 1 == max_new_tokens:
+                break
+            if t % 8 == 7 and not bool(active.any()):  # occasional host sync: stop when all rows ended
+                break
+            logits, cache = self._step(self.params, cache, token, active)
+        tokens = np.stack([np.asarray(t) for t in out], axis=1) if out else np.zeros((B, 0), np.int32)
+        rows, finished = [], []
+        for b in range(B):
+            row = tokens[b].tolist()
+            stop = next((i for i, t in enumerate(row) if t in set(eos.tolist())), None)
+            rows.append(row if stop is None else row[:stop + 1])
+            finished.append(stop is not None)
+        result = GenerateOutput(rows, lengths.tolist(), finished)
+        if return_logits:
+            return result, np.stack([np.asarray(l) for l in all_logits], axis=1)
+        return result
+
+
+@partial(jax.jit, static_argnames=("top_k", "pad_id"))
+def _choose(logits, key, temperature, top_p, top_k, active, pad_id):
+    token = sampling.sample(logits, key, temperature, top_p, top_k)
+    return jnp.where(active, token, pad_id)

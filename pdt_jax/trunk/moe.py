@@ -1,0 +1,85 @@
+"""GPT-OSS mixture of experts: router (linear + bias) → top-k → softmax over the k selected logits →
+experts with a fused, interleaved gate/up projection and the clamped SwiGLU (limit 7, alpha 1.702).
+
+Three exact implementations of the same function, chosen by the number of tokens:
+  * ``gather``: gathers the k selected experts' weights per token — decode (few tokens) reads only
+    the experts it uses;
+  * ``dense``: every expert on every token, weighted by a dense routing matrix (zeros off the top-k)
+    — simple and fast for short prefills on CPU;
+  * ``ragged``: tokens sorted by expert and grouped matmuls (``jax.lax.ragged_dot``) — long
+    prefills and training, where dense would waste E/k of the FLOPs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pdt_jax.trunk.config import TrunkConfig
+
+
+def route(p: dict, x_NxD: jnp.ndarray, cfg: TrunkConfig):
+    """Returns (weights [N, k] float32, experts [N, k] int32, logits [N, E] float32)."""
+    logits = jnp.einsum("nd,de->ne", x_NxD, p["router"], preferred_element_type=jnp.float32)
+    logits = logits + p["router_bias"].astype(jnp.float32)
+    top_vals, top_idx = jax.lax.top_k(logits, cfg.experts_per_token)
+    return jax.nn.softmax(top_vals, axis=-1), top_idx, logits
+
+
+def swiglu(gate_up: jnp.ndarray, cfg: TrunkConfig) -> jnp.ndarray:
+    """gate_up [..., 2I] interleaved (even = gate, odd = up) → [..., I]."""
+    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = jnp.minimum(gate, cfg.swiglu_limit)  # the gate is clamped from above only
+    up = jnp.clip(up, -cfg.swiglu_limit, cfg.swiglu_limit)
+    return (up + 1) * (gate * jax.nn.sigmoid(cfg.swiglu_alpha * gate))
+
+
+def _gather(p, x, weights, experts, cfg):
+    w1 = p["gate_up"][experts]                                   # [N, k, D, 2I]
+    h = jnp.einsum("nd,nkdf->nkf", x, w1) + p["gate_up_bias"][experts]
+    h = swiglu(h, cfg)
+    out = jnp.einsum("nki,nkid->nkd", h, p["down"][experts]) + p["down_bias"][experts]
+    return jnp.einsum("nkd,nk->nd", out.astype(jnp.float32), weights)
+
+
+def _dense(p, x, weights, experts, cfg):
+    N, E = x.shape[0], cfg.num_experts
+    combine = jnp.zeros((N, E), jnp.float32).at[jnp.arange(N)[:, None], experts].add(weights)
+    h = jnp.einsum("nd,edf->nef", x, p["gate_up"]) + p["gate_up_bias"]
+    h = swiglu(h, cfg)
+    out = jnp.einsum("nei,eid->ned", h, p["down"]) + p["down_bias"]
+    return jnp.einsum("ned,ne->nd", out.astype(jnp.float32), combine)
+
+
+def _ragged(p, x, weights, experts, cfg):
+    N, k = experts.shape
+    flat_expert = experts.reshape(-1)
+    order = jnp.argsort(flat_expert, stable=True)
+    token_of = order // k
+    sorted_expert = flat_expert[order]
+    group_sizes = jnp.bincount(flat_expert, length=cfg.num_experts).astype(jnp.int32)
+    xs = x[token_of]
+    h = jax.lax.ragged_dot(xs, p["gate_up"], group_sizes) + p["gate_up_bias"][sorted_expert]
+    h = swiglu(h, cfg)
+    out = jax.lax.ragged_dot(h, p["down"], group_sizes) + p["down_bias"][sorted_expert]
+    out = out.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
+    return jnp.zeros((N, x.shape[1]), jnp.float32).at[token_of].add(out)
+
+
+IMPLS = {"gather": _gather, "dense": _dense, "ragged": _ragged}
+
+
+def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
+    if impl != "auto":
+        if impl not in IMPLS:
+            raise ValueError(f"moe_impl: expected one of {sorted(IMPLS)} or 'auto', found {impl!r}")
+        return impl
+    if num_tokens * cfg.experts_per_token <= 2 * cfg.num_experts:
+        return "gather"
+    return "dense" if num_tokens <= 256 else "ragged"
+
+
+def moe(p: dict, x_NxD: jnp.ndarray, cfg: TrunkConfig, impl: str = "auto") -> jnp.ndarray:
+    """[N, D] → [N, D] in x's dtype."""
+    weights, experts, _ = route(p, x_NxD, cfg)
+    fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl)]
+    return fn(p, x_NxD, weights, experts, cfg).astype(x_NxD.dtype)
