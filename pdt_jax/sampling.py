@@ -10,10 +10,14 @@ import jax.numpy as jnp
 
 
 def sample(logits_BxV: jax.Array, key: jax.Array, temperature, top_p=1.0, top_k: int = 0) -> jax.Array:
-    """Returns int32 [B]."""
+    """Returns int32 [B]. Greedy decoding skips the sort/softmax work at run time (lax.cond)."""
     logits = logits_BxV.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     t = jnp.asarray(temperature, jnp.float32)
+    return jax.lax.cond(t > 0, lambda: _draw(logits, key, t, top_p, top_k),
+                        lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+
+
+def _draw(logits, key, t, top_p, top_k):
     scaled = logits / jnp.maximum(t, 1e-6)
     if top_k and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
@@ -26,8 +30,7 @@ def sample(logits_BxV: jax.Array, key: jax.Array, temperature, top_p=1.0, top_k:
     keep_sorted = before < jnp.asarray(top_p, jnp.float32)
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     scaled = jnp.where(keep, scaled, -jnp.inf)
-    drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    return jnp.where(t > 0, drawn, greedy)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
 def top2_margin(logits_BxV: jax.Array) -> jax.Array:

@@ -64,6 +64,7 @@ class Trunk:
         self.moe_impl = moe_impl
         self._prefill = jax.jit(partial(self._prefill_fn, cfg, moe_impl), static_argnames=("max_len",))
         self._step = jax.jit(partial(self._step_fn, cfg, moe_impl), donate_argnums=(1,))
+        self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0,), donate_argnums=(2,))
         self._logits = jax.jit(partial(self._logits_fn, cfg, moe_impl))
 
     # ---- construction ------------------------------------------------------------------------
@@ -121,6 +122,16 @@ class Trunk:
         hidden, cache = model.extend(params, token_B[:, None], cache, cfg=cfg, active_B=active_B, moe_impl=moe_impl)
         return model.unembed(params, hidden)[:, 0], cache
 
+    @staticmethod
+    def _decode_fn(cfg, moe_impl, top_k, params, cache, logits, active, key, eos, temperature, top_p):
+        """One generation step in one dispatch: sample from ``logits``, retire rows that produced
+        EOS, and run the trunk on the sampled token."""
+        key, sub = jax.random.split(key)
+        token = jnp.where(active, sampling.sample(logits, sub, temperature, top_p, top_k), cfg.pad_token_id)
+        still = active & ~jnp.isin(token, eos)
+        hidden, cache = model.extend(params, token[:, None], cache, cfg=cfg, active_B=still, moe_impl=moe_impl)
+        return token, still, model.unembed(params, hidden)[:, 0], cache, key
+
     # ---- user API ------------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
         """token_ids int [B, T] → float32 numpy logits [B, T, V]."""
@@ -144,19 +155,17 @@ class Trunk:
         key = jax.random.key(seed)
         logits, cache = self._prefill(self.params, ids, lengths, max_len=max_len)
         active = jnp.ones((B,), bool)
+        temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
         out, all_logits = [], []
         for t in range(max_new_tokens):
-            key, sub = jax.random.split(key)
-            token = _choose(logits, sub, temperature, top_p, top_k, active, self.cfg.pad_token_id)
-            out.append(token)
             if return_logits:
                 all_logits.append(logits)
-            active = active & ~jnp.isin(token, eos)
-            if t + 1 == max_new_tokens:
+            # The last step also runs the trunk once more than needed; that keeps one program.
+            token, active, logits, cache, key = self._decode(
+                int(top_k), self.params, cache, logits, active, key, eos, temperature, top_p)
+            out.append(token)
+            if t % 16 == 15 and not bool(active.any()):  # occasional host sync: stop when all rows ended
                 break
-            if t % 8 == 7 and not bool(active.any()):  # occasional host sync: stop when all rows ended
-                break
-            logits, cache = self._step(self.params, cache, token, active)
         tokens = np.stack([np.asarray(t) for t in out], axis=1) if out else np.zeros((B, 0), np.int32)
         rows, finished = [], []
         for b in range(B):
@@ -169,8 +178,3 @@ class Trunk:
             return result, np.stack([np.asarray(l) for l in all_logits], axis=1)
         return result
 
-
-@partial(jax.jit, static_argnames=("top_k", "pad_id"))
-def _choose(logits, key, temperature, top_p, top_k, active, pad_id):
-    token = sampling.sample(logits, key, temperature, top_p, top_k)
-    return jnp.where(active, token, pad_id)

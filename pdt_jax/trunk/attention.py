@@ -12,21 +12,26 @@ import jax.numpy as jnp
 NEG_INF = -1e30  # finite: a fully masked row (a padding query) must not produce NaN
 
 
-def attend(q_BxTxHxD: jnp.ndarray, k_BxSxKxD: jnp.ndarray, v_BxSxKxD: jnp.ndarray,
+def attend(q_BxTxHxD: jnp.ndarray, k_BxKxSxD: jnp.ndarray, v_BxKxSxD: jnp.ndarray,
            mask_BxTxS: jnp.ndarray, sinks_H: jnp.ndarray, scale: float) -> jnp.ndarray:
-    """Returns [B, T, H, D] in q's dtype. Query head h reads KV head h // (H // K) (as HF repeat_kv)."""
+    """Returns [B, T, H, D] in q's dtype. Query head h reads KV head h // (H // K) (as HF repeat_kv).
+
+    Keys and values are [B, K, S, D] — batch and KV-head major, the layout the KV cache keeps — so
+    both dots are plain batched matmuls and XLA never transposes the cache."""
     B, T, H, D = q_BxTxHxD.shape
-    K = k_BxSxKxD.shape[2]
+    K = k_BxKxSxD.shape[1]
     G = H // K
-    q = q_BxTxHxD.reshape(B, T, K, G, D)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32) * scale
+    q = q_BxTxHxD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k_BxKxSxD, preferred_element_type=jnp.float32)
+    scores = scores.reshape(B, K, G, T, -1) * scale
     scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, NEG_INF)
     sinks = sinks_H.astype(jnp.float32).reshape(1, K, G, 1, 1)
     peak = jnp.maximum(scores.max(axis=-1, keepdims=True), sinks)
     weights = jnp.exp(scores - peak)
     denom = weights.sum(axis=-1, keepdims=True) + jnp.exp(sinks - peak)
-    probs = (weights / denom).astype(v_BxSxKxD.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD, preferred_element_type=jnp.float32)
+    probs = (weights / denom).astype(v_BxKxSxD.dtype).reshape(B, K, G * T, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_BxKxSxD, preferred_element_type=jnp.float32)
+    out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4)
     return out.reshape(B, T, H, D).astype(q_BxTxHxD.dtype)
 
 

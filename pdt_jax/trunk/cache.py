@@ -19,8 +19,8 @@ from pdt_jax.trunk.config import TrunkConfig
 
 @flax.struct.dataclass
 class KVCache:
-    k: list  # per layer [B, R_l, Hkv, hd]
-    v: list  # per layer [B, R_l, Hkv, hd]
+    k: list  # per layer [B, Hkv, R_l, hd] (KV-head major: attention reads it without a transpose)
+    v: list  # per layer [B, Hkv, R_l, hd]
     length: jax.Array  # [B] int32: tokens held by each row (positions 0 .. length-1)
     max_len: int = flax.struct.field(pytree_node=False, default=0)
 
@@ -36,7 +36,7 @@ def ring_sizes(cfg: TrunkConfig, max_len: int, slack: int) -> list[int]:
 
 def init_cache(cfg: TrunkConfig, batch: int, max_len: int, slack: int = 64, dtype=None) -> KVCache:
     dtype = dtype or jnp.dtype(cfg.dtype)
-    shapes = [(batch, r, cfg.num_kv_heads, cfg.head_dim) for r in ring_sizes(cfg, max_len, slack)]
+    shapes = [(batch, cfg.num_kv_heads, r, cfg.head_dim) for r in ring_sizes(cfg, max_len, slack)]
     return KVCache(k=[jnp.zeros(s, dtype) for s in shapes], v=[jnp.zeros(s, dtype) for s in shapes],
                    length=jnp.zeros((batch,), jnp.int32), max_len=max_len)
 
@@ -48,21 +48,23 @@ def slot_positions(last_pos_B: jnp.ndarray, ring: int) -> jnp.ndarray:
     return last_pos_B[:, None] - jnp.mod(last_pos_B[:, None] - slots[None, :], ring)
 
 
-def fill_from_sequence(k_BxTxKxD: jnp.ndarray, lengths_B: jnp.ndarray, ring: int) -> jnp.ndarray:
+def fill_from_sequence(k_BxKxTxD: jnp.ndarray, lengths_B: jnp.ndarray, ring: int) -> jnp.ndarray:
     """Build a ring from a freshly encoded sequence: slot j takes the newest position ≡ j (mod ring)
     below the row's length, or zeros."""
     pos = slot_positions(lengths_B - 1, ring)
-    taken = jnp.take_along_axis(k_BxTxKxD, jnp.clip(pos, 0, k_BxTxKxD.shape[1] - 1)[:, :, None, None], axis=1)
-    return jnp.where((pos >= 0)[:, :, None, None], taken, 0).astype(k_BxTxKxD.dtype)
+    idx = jnp.clip(pos, 0, k_BxKxTxD.shape[2] - 1)[:, None, :, None]
+    taken = jnp.take_along_axis(k_BxKxTxD, idx, axis=2)
+    return jnp.where((pos >= 0)[:, None, :, None], taken, 0).astype(k_BxKxTxD.dtype)
 
 
-def write(ring_BxRxKxD: jnp.ndarray, new_BxTxKxD: jnp.ndarray, positions_BxT: jnp.ndarray,
+def write(ring_BxKxRxD: jnp.ndarray, new_BxKxTxD: jnp.ndarray, positions_BxT: jnp.ndarray,
           active_B: jnp.ndarray) -> jnp.ndarray:
     """Scatter new keys at their slots; rows that are not active are left untouched."""
-    B, R = ring_BxRxKxD.shape[:2]
+    B, K, R = ring_BxKxRxD.shape[:3]
     slots = jnp.where(active_B[:, None], jnp.mod(positions_BxT, R), R)  # R is out of range: dropped
-    rows = jnp.arange(B)[:, None]
-    return ring_BxRxKxD.at[rows, slots].set(new_BxTxKxD.astype(ring_BxRxKxD.dtype), mode="drop")
+    rows = jnp.arange(B)[:, None, None]
+    heads = jnp.arange(K)[None, :, None]
+    return ring_BxKxRxD.at[rows, heads, slots[:, None, :]].set(new_BxKxTxD.astype(ring_BxKxRxD.dtype), mode="drop")
 
 
 def rollback(cache: KVCache, new_length_B: jnp.ndarray) -> KVCache:

@@ -14,6 +14,7 @@ import os
 import re
 from typing import Callable, Iterator
 
+import jax.numpy as jnp
 import numpy as np
 
 from pdt_jax.trunk.config import TrunkConfig
@@ -148,7 +149,7 @@ def load_hf_params(directory: str, cfg: TrunkConfig, dtype: str, place=None) -> 
                                   f"such as 'model.layers.0.self_attn.q_proj.weight'")
         if tuple(array.shape) != m.hf_shape:
             raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(array.shape)}, expected {m.hf_shape}")
-        if array.dtype.kind != "f":
+        if not jnp.issubdtype(array.dtype, jnp.floating):  # bfloat16 (ml_dtypes) has kind 'V'
             raise CheckpointError(f"{path}: tensor '{name}' has dtype {array.dtype}, expected a floating dtype")
         spec = _lookup(specs, m.path)
         value = m.to_ours(array).astype(spec.dtype)

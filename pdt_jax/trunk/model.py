@@ -38,10 +38,11 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 
 def _qkv(lp: dict, x: jax.Array, cos, sin):
+    """q [B, T, Hq, hd]; k, v [B, Hkv, T, hd] (the cache layout)."""
     q = jnp.einsum("btd,dhk->bthk", x, lp["q"]) + lp["q_bias"]
     k = jnp.einsum("btd,dhk->bthk", x, lp["k"]) + lp["k_bias"]
     v = jnp.einsum("btd,dhk->bthk", x, lp["v"]) + lp["v_bias"]
-    return rope.apply(q, cos, sin), rope.apply(k, cos, sin), v
+    return rope.apply(q, cos, sin), rope.apply(k, cos, sin).transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def _out(lp: dict, o_BxTxHxD: jax.Array) -> jax.Array:
@@ -123,7 +124,7 @@ def extend(params: dict, tokens_BxT: jax.Array, cache: kv.KVCache, *, cfg: Trunk
         q, k, v = _qkv(lp, x, cos, sin)
         k_ring = kv.write(cache.k[i], k, pos, active_B)
         v_ring = kv.write(cache.v[i], v, pos, active_B)
-        slot_pos = kv.slot_positions(last, k_ring.shape[1])
+        slot_pos = kv.slot_positions(last, k_ring.shape[2])
         mask = attention.causal_mask(pos, slot_pos, slot_pos >= 0, _window(cfg, i))
         h = h + _out(lp, attention.attend(q, k_ring, v_ring, mask, lp["sinks"], cfg.head_dim ** -0.5))
         if hooks is not None:
