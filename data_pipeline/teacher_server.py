@@ -1,0 +1,154 @@
+"""A local OpenAI-compatible chat-completions server whose "model" is the procedural teacher.
+
+It lets the openai teacher run end to end with no network and no API bill: the tests and
+``bench/data_pipeline.py`` start it on 127.0.0.1 and point ``teacher.openai.base_url`` at it. It
+speaks real HTTP (openai 3.x talks through httpx2, which httpx mocks cannot intercept) and can
+inject faults per request so retry, rejection and resume paths are exercised for real:
+
+  faults(kind, title, attempt) -> None | "429" | "500" | "400" | "401" | "timeout" | "truncated"
+                                  | "length" | "bad_schema" | "omit_coverage" | "unknown_item"
+
+``kind`` is the response_format name (plan / notes / quality), ``attempt`` counts earlier requests
+with the same opening messages (a re-ask after a bad answer shares the count).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import re
+import threading
+import time
+from typing import Callable, Optional
+
+from data_pipeline.teachers.procedural import ProceduralTeacher
+
+Faults = Optional[Callable[[str, str, int], Optional[str]]]
+
+
+class TeacherServer:
+    def __init__(self, documents: list[dict], faults: Faults = None, latency_s: float = 0.0,
+                 timeout_sleep_s: float = 2.0, retry_after: str = "0.05",
+                 api_key: str | None = None):
+        self.docs = {d["title"]: d for d in documents}
+        self.faults, self.latency_s = faults, latency_s
+        self.timeout_sleep_s, self.retry_after, self.api_key = timeout_sleep_s, retry_after, api_key
+        self.log: list[dict] = []          # one entry per request: kind, title, attempt, fault, t
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._teacher = ProceduralTeacher()
+        self._httpd = None
+
+    # ---- lifecycle ----
+    def start(self) -> str:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                try:
+                    server._handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout fault): nothing left to answer
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self):
+        self.base_url = self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ---- request handling ----
+    def _reply(self, h, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _handle(self, h) -> None:
+        body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))))
+        if h.path.rstrip("/") != "/v1/chat/completions":
+            return self._reply(h, 404, {"error": {"message": f"no route {h.path}"}})
+        auth = h.headers.get("Authorization", "")
+        kind = body.get("response_format", {}).get("json_schema", {}).get("name", "?")
+        messages = body["messages"]
+        user = messages[1]["content"] if len(messages) > 1 else ""
+        m = re.search(r"^(?:Title|Article): (.*)$", user, re.M)
+        title = m.group(1) if m else ""
+        key = hashlib.sha256(json.dumps(messages[:2]).encode()).hexdigest()
+        with self._lock:
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+        fault = self.faults(kind, title, attempt) if self.faults else None
+        with self._lock:
+            self.log.append({"kind": kind, "title": title, "attempt": attempt, "fault": fault,
+                             "t": time.monotonic()})
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if self.api_key is not None and auth != f"Bearer {self.api_key}":
+            fault = "401"
+        if fault == "401":  # echo what was sent, as careless servers do: the client must redact
+            return self._reply(h, 401, {"error": {"message": f"invalid credentials: {auth}"}})
+        if fault == "400":
+            return self._reply(h, 400, {"error": {"message": "bad request"}})
+        if fault == "429":
+            return self._reply(h, 429, {"error": {"message": "rate limited"}},
+                               {"Retry-After": self.retry_after})
+        if fault == "500":
+            return self._reply(h, 500, {"error": {"message": "internal error"}})
+        if fault == "timeout":
+            time.sleep(self.timeout_sleep_s)
+            fault = None
+        answer = self._answer(kind, title, messages[0]["content"], user)
+        if fault == "bad_schema":
+            answer = {"unexpected": True}
+        elif fault in ("omit_coverage", "unknown_item") and kind == "notes":
+            answer["coverage"] = answer["coverage"][:-1]
+            if fault == "unknown_item":
+                answer["coverage"].append({"plan_item": "a topic nobody planned",
+                                           "status": "covered"})
+        content = json.dumps(answer)
+        finish = "stop"
+        if fault == "truncated":
+            content = content[: len(content) // 2]
+        elif fault == "length":
+            content, finish = content[: len(content) // 2], "length"
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        self._reply(h, 200, {
+            "id": f"chatcmpl-{key[:12]}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", "procedural"),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4,
+                      "total_tokens": prompt_chars // 4 + len(content) // 4}})
+
+    def _answer(self, kind: str, title: str, system: str, user: str) -> dict:
+        if kind == "quality":
+            return {"keep": True, "reason": "encyclopedic prose"}
+        doc = self.docs.get(title)
+        if doc is None:
+            return {"error": f"unknown document {title!r}"}
+        if kind == "plan":
+            k = re.search(r"into exactly (\d+) contiguous", system)
+            return self._teacher.plan(doc, int(k.group(1)) if k else 3, None)
+        items = json.loads(re.search(r"^Plan items: (.*)$", user, re.M).group(1))
+        text = user.split("Stream text:\n", 1)[1]
+        return self._teacher.notes(doc, {"streams": [{"plan_items": items}]}, 0, text, None)

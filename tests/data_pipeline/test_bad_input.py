@@ -1,0 +1,109 @@
+"""Bad input is named precisely; QC rejects plans and notes that break the catalog contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline import pipeline, qc
+from data_pipeline.storage import InputError, iter_jsonl
+from tests.data_pipeline.conftest import procedural_config, world
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _files_config(tmp_path, paths):
+    cfg = procedural_config(tmp_path / "work")
+    cfg.source.kind = "files"
+    cfg.source.paths = ",".join(str(p) for p in paths)
+    cfg.preflight.min_chars = 50
+    return cfg
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    lines = [json.dumps(d) for d in world(3)]
+    lines.insert(2, '{"doc_id": "x", "title": ')  # line 3
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"{src}:3: malformed JSON line"):
+        pipeline.run(_files_config(tmp_path, [src]), log=None)
+    # the CLI reports the same, with no traceback
+    cli = subprocess.run([sys.executable, "-m", "data_pipeline", "run",
+                          "--config=configs/data/files.py:tiny", f"--config.source.paths={src}",
+                          f"--config.work_dir={tmp_path / 'cli'}", "--config.progress=False"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 1 and f"{src}:3: malformed JSON line" in cli.stderr
+
+
+def test_schema_violation_names_file_and_line(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    src.write_text(json.dumps(world(1)[0]) + "\n" + json.dumps({"doc_id": "y", "title": "T"}) +
+                   "\n")
+    with pytest.raises(InputError, match=rf"{src}:2: document: <root>: 'sections'"):
+        pipeline.run(_files_config(tmp_path, [src]), log=None)
+
+
+def test_parquet_source_and_preflight_filters(tmp_path):
+    docs = world(6)
+    short = {"doc_id": "short", "title": "Tiny", "sections": [{"heading": "a", "text": "x"}] * 3}
+    dup = {**docs[0], "doc_id": "copy-of-0"}
+    cyr = {"doc_id": "cyr", "title": "Ж", "sections": [{"heading": "h", "text": "Жизнь " * 40}] * 3}
+    nul = {"doc_id": "nul", "title": "N", "sections": [{"heading": "h", "text": "ab\x00" * 40}] * 3}
+    two = {"doc_id": "two", "title": "Two", "sections": docs[1]["sections"][:2]}
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.Table.from_pylist(docs + [short, dup, cyr, nul, two]), path)
+    pipeline.run(_files_config(tmp_path, [path]), ["preflight"], log=None)
+    rejected = {r["sample_id"]: r for _, r in iter_jsonl(tmp_path / "work/preflight/rejected.jsonl")}
+    assert {k: v["category"] for k, v in rejected.items()} == {
+        "short": "length", "copy-of-0": "duplicate_content", "cyr": "characters",
+        "nul": "characters", "two": "structure"}
+    assert "NUL" in rejected["nul"]["reason"]
+
+
+def _catalog():
+    return [{"text": "history", "stream_id": "stream_1"}, {"text": "economy", "stream_id": "stream_1"},
+            {"text": "culture", "stream_id": "stream_2"}]
+
+
+def test_coverage_that_omits_a_plan_item_is_rejected():
+    with pytest.raises(ValueError, match="coverage omits plan item 'economy'"):
+        qc.check_coverage(_catalog(), "stream_1", [{"plan_item_id": "history",
+                                                    "status": "covered"}])
+
+
+def test_coverage_naming_a_missing_catalog_entry_is_rejected():
+    cov = [{"plan_item_id": t, "status": "covered"} for t in ("history", "economy", "geology")]
+    with pytest.raises(ValueError, match="'geology', which is not in the plan catalog"):
+        qc.check_coverage(_catalog(), "stream_1", cov)
+    with pytest.raises(ValueError, match="owned by another stream"):
+        qc.check_coverage(_catalog(), "stream_2", [{"plan_item_id": "history", "status": "covered"},
+                                                   {"plan_item_id": "culture", "status": "covered"}])
+    qc.check_coverage(_catalog(), "stream_2", [{"plan_item_id": "culture", "status": "partial"}])
+
+
+def _answer(ranges, items=(("overview",), ("history",), ("economy",)), summary="A part."):
+    return {"streams": [{"header": "H", "summary": summary, "entities": [], "plan_items": list(it),
+                         "notes_contract": ["ENT x", "FACT y"], "section_start": a,
+                         "section_end": b} for (a, b), it in zip(ranges, items)]}
+
+
+def test_plan_checks():
+    qc.check_plan_answer(_answer([(0, 1), (1, 3), (3, 5)]), 5, 16, "fail")
+    with pytest.raises(ValueError, match="contiguous"):
+        qc.check_plan_answer(_answer([(0, 2), (1, 3), (3, 5)]), 5, 16, "fail")
+    with pytest.raises(ValueError, match="end at 4"):
+        qc.check_plan_answer(_answer([(0, 1), (1, 3), (3, 4)]), 5, 16, "fail")
+    with pytest.raises(ValueError, match="appears twice"):
+        qc.check_plan_answer(_answer([(0, 1), (1, 3), (3, 5)], (("Early life",), ("early  LIFE!",),
+                                                                 ("x",))), 5, 16, "fail")
+    with pytest.raises(ValueError, match="exceed the 2 planner slots"):
+        qc.check_plan_answer(_answer([(0, 1), (1, 3), (3, 5)]), 5, 2, "fail")
+    lint = _answer([(0, 1), (1, 3), (3, 5)], summary="Builds on stream 1 results.")
+    with pytest.raises(ValueError, match="Blind Start"):
+        qc.check_plan_answer(lint, 5, 16, "fail")
+    qc.check_plan_answer(lint, 5, 16, "warn")
