@@ -1,0 +1,42 @@
+"""PDT on GPT-OSS: the trunk plus the sidecar (paper defaults), with tiny variants.
+
+    python bench/params.py --config=configs/model/pdt.py
+
+Variants (``get_config(arg)``): default = GPT-OSS-20B trunk with the paper's sidecar (3 streams,
+notes_dim 2048, top 8 of 24 layers instrumented, 16 planner slots over V_p = 65 536, τ = 4, Δ = 1,
+H = 32, bus capacity 4); ``small`` = the 4-layer benchmark trunk; ``tiny`` = the 2-layer test trunk.
+"""
+import os
+import sys
+
+from ml_collections import ConfigDict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpt_oss_20b  # noqa: E402
+
+
+def sidecar(**overrides) -> ConfigDict:
+    cfg = ConfigDict(dict(
+        stream_names=("stream_1", "stream_2", "stream_3"), notes_dim=2048, instrumented_layers=(),
+        top_k_layers=8, adapter_bottleneck=512, snc_heads=32, snc_head_dim=64, gate_init=-4.0,
+        planner_slots=16, plan_vocab_size=65536, plan_dim=1024, plan_hash_salt="pdt-plan-v1",
+        coverage_heads=8, coverage_dim=512, agree_hidden=256, block_size=4, lag=1,
+        commit_horizon=32, bus_capacity=4, readiness_threshold=0.5,
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    if arg in (None, "", "20b"):
+        return ConfigDict(dict(trunk=gpt_oss_20b.get_config(), sidecar=sidecar()))
+    small = dict(notes_dim=64, top_k_layers=2, adapter_bottleneck=32, snc_heads=4, snc_head_dim=16,
+                 plan_vocab_size=4096, plan_dim=64, coverage_heads=4, coverage_dim=64, agree_hidden=64)
+    if arg == "small":
+        return ConfigDict(dict(trunk=gpt_oss_20b.get_config("small"), sidecar=sidecar(**small)))
+    if arg == "tiny":
+        return ConfigDict(dict(trunk=gpt_oss_20b.get_config("tiny"), sidecar=sidecar(
+            notes_dim=32, top_k_layers=2, adapter_bottleneck=16, snc_heads=2, snc_head_dim=16,
+            plan_vocab_size=1024, plan_dim=32, coverage_heads=2, coverage_dim=32, agree_hidden=32,
+            commit_horizon=16)))
+    raise ValueError(f"configs/model/pdt.py: unknown variant {arg!r}; valid: '', 'small', 'tiny'")

@@ -1,0 +1,211 @@
+"""PDT = frozen trunk + sidecar, as pure functions.
+
+Rows: P prompts × K streams are one batch of B = P·K rows, stream-minor (row = p·K + k).
+
+Rounds and stamps: round v decodes block v (τ tokens) of every stream. The note a stream writes at
+the end of block u is published with stamp u + 1 (the first round that could read it), so a
+consumer at round v sees snapshot 0 and every note with stamp ≤ v − Δ: Δ = 0 is "immediately
+visible in the next round", Δ = 1 adds one round of delay. A producer keeps its newest
+``bus_capacity`` notes; notes stay readable until evicted (never read-once).
+
+``forward_train`` runs two passes over teacher-forced streams (ARCHITECTURE.md, data flow "Train"):
+pass A writes a note per block with the speculation head; pass B decodes every stream against the
+windows those notes make under the rules above, so a stream's LM loss reaches its siblings' note
+writers through SNC (unless ``stop_grad_notes``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from pdt_jax.sidecar import heads
+from pdt_jax.sidecar.config import SidecarConfig
+from pdt_jax.sidecar.hooks import HookContext, SidecarHooks
+from pdt_jax.sidecar.params import sidecar_specs
+from pdt_jax.trunk import model as trunk_model
+from pdt_jax.trunk.cache import KVCache
+from pdt_jax.trunk.config import TrunkConfig
+from pdt_jax.trunk.params import init_from_specs
+
+
+@dataclasses.dataclass(frozen=True)
+class PDTConfig:
+    trunk: TrunkConfig
+    sidecar: SidecarConfig
+
+    @property
+    def K(self) -> int:
+        return self.sidecar.num_streams
+
+    def hooks(self) -> SidecarHooks:
+        return SidecarHooks(layers=self.sidecar.layers_for(self.trunk), num_streams=self.K)
+
+
+def init_sidecar(cfg: PDTConfig, key: jax.Array) -> dict:
+    return init_from_specs(sidecar_specs(cfg.trunk, cfg.sidecar), key)
+
+
+def _rows(x_PxK, P, K):
+    return x_PxK.reshape(P * K, *x_PxK.shape[2:])
+
+
+# ---- windows for teacher-forced training ---------------------------------------------------------
+
+def block_index(T: int, target_start_B: jax.Array, block_size: int) -> jax.Array:
+    """[B, T] block id of every position (−1 for the prompt)."""
+    t = jnp.arange(T)[None, :]
+    rel = t - target_start_B[:, None]
+    return jnp.where(rel >= 0, rel // block_size, -1)
+
+
+def training_window_mask(block_BxT: jax.Array, present_PxKxU: jax.Array, cfg: SidecarConfig,
+                         visible_producers_KxK: jax.Array | None = None) -> jax.Array:
+    """[B, T, 1 + K·U] bool: entry 0 is snapshot 0, entry 1 + j·U + u is producer j's note of block u.
+
+    Token in block v of consumer k sees snapshot 0, and note (j, u) iff u + 1 ≤ v − Δ (stamp rule),
+    the note is still live — producer j published fewer than ``bus_capacity`` notes after it before
+    round v (a producer that stopped writing keeps its last notes) — block u of j exists, and j is a
+    producer k may read. Prompt tokens (v = −1) see nothing: at inference the prompt is encoded
+    before the planner has written snapshot 0."""
+    B, T = block_BxT.shape
+    P, K, U = present_PxKxU.shape
+    v = block_BxT[:, :, None, None]                                  # [B, T, 1, 1]
+    u = jnp.arange(U)[None, None, None, :]
+    present = jnp.repeat(present_PxKxU, K, axis=0)                   # [B, K_prod, U]
+    written = jnp.cumsum(present.astype(jnp.int32), axis=-1)         # notes published up to block u
+    upto = jnp.clip(block_BxT - 1, 0, U - 1)                         # last block published before v
+    before_v = jnp.take_along_axis(written[:, None, :, :], upto[:, :, None, None], axis=-1)   # [B, T, K, 1]
+    before_v = jnp.where(v >= 1, before_v, 0)
+    live = before_v - written[:, None, :, :] < cfg.bus_capacity
+    mask = (u + 1 <= v - cfg.lag) & live & present[:, None, :, :]
+    if visible_producers_KxK is not None:
+        consumer = jnp.tile(jnp.arange(K), P)                          # row → stream index
+        mask = mask & visible_producers_KxK[consumer][:, None, :, None]
+    snap = (block_BxT >= 0)[:, :, None]
+    return jnp.concatenate([snap, mask.reshape(B, T, K * U)], axis=-1)
+
+
+def _window_notes(snapshot0_PxN, notes_PxKxUxN, K):
+    P = snapshot0_PxN.shape[0]
+    flat = notes_PxKxUxN.reshape(P, -1, notes_PxKxUxN.shape[-1])
+    entries = jnp.concatenate([snapshot0_PxN[:, None, :], flat], axis=1)  # [P, 1 + K·U, N]
+    return jnp.repeat(entries, K, axis=0)                                  # [B, W, N]
+
+
+def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
+                  gate: float = 1.0, stop_grad_notes: bool = False, pass_a: str = "snapshot0",
+                  visible_producers: jax.Array | None = None, moe_impl: str = "auto") -> dict:
+    """Teacher-forced PDT over P examples × K streams.
+
+    batch: tokens [P, K, T] int32 (prompt + stream target, right-padded), lengths [P, K],
+      target_start [P, K] (first target position), plan_ids [P, S] (catalog ids; 0 = null),
+      optional snapshot0 [P, N] (default: the planner's projection of plan_ids),
+      optional teacher_notes [P, K, U, N] (needed for pass_a="teacher").
+    Returns float32 arrays: lm_logits [B, T, V]; planner_logits [P, S, V_p]; snapshot0 [P, N];
+      bus_notes [P, K, U, N] (pass A's speculation notes, what the bus carried); notes and
+      speculative_notes [P, K, U, N] (pass B's heads); block_present [P, K, U];
+      coverage_logits [P, K, U, S] (per block end); readiness_logits [P, K, U];
+      stream_logits [P, K, K]; window_mask [B, T, W]; hidden [B, T, D].
+    """
+    sc, K = cfg.sidecar, cfg.K
+    tokens = jnp.asarray(batch["tokens"])
+    P, _, T = tokens.shape
+    B = P * K
+    U = (T - 1) // sc.block_size + 1
+    ids, lengths = _rows(tokens, P, K), _rows(jnp.asarray(batch["lengths"]), P, K)
+    start = _rows(jnp.asarray(batch["target_start"]), P, K)
+    in_row = jnp.arange(T)[None, :] < lengths[:, None]
+    block = jnp.where(in_row, block_index(T, start, sc.block_size), -1)
+    hooks = cfg.hooks()
+    gate_B = jnp.full((B,), gate, jnp.float32)
+    plan_ids = jnp.asarray(batch["plan_ids"])
+
+    def run(notes_BxWxN, mask_BxTxW):
+        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, gate=gate_B)
+        hidden, _ = trunk_model.prefill(trunk_params, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
+                                        moe_impl=moe_impl)
+        return hidden
+
+    snapshot0 = batch.get("snapshot0")
+    if snapshot0 is None:
+        snapshot0 = heads.plan_snapshot(sidecar_params["plan_embed"], sidecar_params["plan_to_notes"], plan_ids)
+    snapshot0 = jnp.asarray(snapshot0, jnp.float32)
+
+    # Pass A: notes written by every stream, reading snapshot 0 (or the teacher's notes).
+    if pass_a == "snapshot0":
+        mask_a = (block >= 0)[:, :, None]
+        hidden_a = run(jnp.repeat(snapshot0[:, None, :], K, axis=0), mask_a)
+    elif pass_a == "teacher":
+        teacher = jnp.asarray(batch["teacher_notes"], jnp.float32)
+        present_t = jnp.any(teacher != 0, axis=-1)
+        hidden_a = run(_window_notes(snapshot0, teacher, K), training_window_mask(block, present_t, sc, visible_producers))
+    else:
+        raise ValueError(f"pass_a: expected 'snapshot0' or 'teacher', found {pass_a!r}")
+    pooled_a, present_B = heads.block_pool(hidden_a, block, U)
+    bus_notes = heads.note_head(sidecar_params["spec_head"], pooled_a).reshape(P, K, U, -1)
+    if stop_grad_notes:
+        bus_notes = jax.lax.stop_gradient(bus_notes)
+    present = present_B.reshape(P, K, U)
+
+    # Pass B: every stream decodes against the windows built from pass A's notes.
+    mask_b = training_window_mask(block, present, sc, visible_producers)
+    window_b = _window_notes(snapshot0, bus_notes, K)
+    hidden = run(window_b, mask_b)
+    lm_logits = trunk_model.unembed(trunk_params, hidden)
+
+    pooled, _ = heads.block_pool(hidden, block, U)
+    notes = heads.note_head(sidecar_params["notes_head"], pooled)
+    spec = heads.note_head(sidecar_params["spec_head"], pooled)
+    # The last token of each block: coverage is read there (prefix up to the block's end).
+    t = jnp.arange(T)[None, :, None]
+    is_block = block[:, :, None] == jnp.arange(U)[None, None, :]
+    ends = jnp.where(present_B, jnp.max(jnp.where(is_block, t, -1), axis=1), -1)
+    item_ids = jnp.repeat(plan_ids, K, axis=0)
+    target_mask = block >= 0
+    coverage = heads.coverage_logits(sidecar_params["coverage"], sidecar_params["plan_embed"], item_ids, hidden,
+                                     target_mask, ends, sc.coverage_heads)
+    # Readiness of block v sees the window its tokens read (the mask at the block's first token).
+    first = jnp.where(present_B, jnp.argmax(is_block, axis=1), 0)                         # [B, U]
+    block_masks = jnp.take_along_axis(mask_b, first[:, :, None], axis=1)                 # [B, U, W]
+    summary = heads.window_summary(window_b[:, None, :, :], block_masks)                  # [B, U, N]
+    readiness = heads.readiness_logit(sidecar_params["agree"], pooled, summary, coverage, spec)
+    streams = heads.stream_logits(sidecar_params["stream_cls"], hidden, target_mask)
+
+    # The planner reads the prompt tokens of all the example's stream rows.
+    prompt_mask = (jnp.arange(T)[None, :] < start[:, None]) & in_row
+    planner = heads.planner_logits(sidecar_params["planner"], sidecar_params["plan_embed"],
+                                   hidden.reshape(P, K * T, -1), prompt_mask.reshape(P, K * T))
+    shape = lambda x: x.reshape(P, K, *x.shape[1:])
+    return {
+        "lm_logits": lm_logits, "hidden": hidden, "planner_logits": planner, "snapshot0": snapshot0,
+        "bus_notes": bus_notes, "notes": shape(notes), "speculative_notes": shape(spec),
+        "block_present": present, "coverage_logits": shape(coverage), "readiness_logits": shape(readiness),
+        "stream_logits": shape(streams), "window_mask": mask_b,
+    }
+
+
+# ---- inference: prefill and one decode step for every row ------------------------------------------
+
+def prefill(trunk_params: dict, sidecar_params: dict, tokens_BxT: jax.Array, lengths_B: jax.Array, *,
+            cfg: PDTConfig, max_len: int, slack: int, gate_B: jax.Array, moe_impl: str = "auto"):
+    """Encodes the prompts of all rows (windows are empty: snapshot 0 does not exist yet; the stream
+    adapters already act). Returns (hidden [B, T, D], KVCache)."""
+    B = tokens_BxT.shape[0]
+    ctx = HookContext(params=sidecar_params, notes=jnp.zeros((B, 1, cfg.sidecar.notes_dim), jnp.float32),
+                      mask=jnp.zeros((B, 1, 1), bool), gate=gate_B)
+    return trunk_model.prefill(trunk_params, tokens_BxT, lengths_B, cfg=cfg.trunk, max_len=max_len, slack=slack,
+                               hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
+
+
+def decode_step(trunk_params: dict, sidecar_params: dict, cache: KVCache, tokens_B: jax.Array,
+                notes_BxWxN: jax.Array, mask_BxW: jax.Array, gate_B: jax.Array, active_B: jax.Array, *,
+                cfg: PDTConfig, moe_impl: str = "auto"):
+    """One token for every row, reading each row's visible window through SNC.
+    Returns (hidden [B, D] float32-castable, logits [B, V] float32, cache)."""
+    ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxW[:, None, :], gate=gate_B)
+    hidden, cache = trunk_model.extend(trunk_params, tokens_B[:, None], cache, cfg=cfg.trunk, active_B=active_B,
+                                       hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
+    return hidden[:, 0], trunk_model.unembed(trunk_params, hidden)[:, 0], cache

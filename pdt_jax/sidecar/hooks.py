@@ -1,0 +1,52 @@
+"""The sidecar plugged into the trunk's hook points (ARCHITECTURE.md principle 3, D3):
+
+    after self-attention of an instrumented layer:  h += g · sigmoid(λ_snc) · SNC(h, window)
+    after the MLP of an instrumented layer:         h += g · sigmoid(λ_ad)  · Adapter_stream(h)
+
+``g`` is the runtime gate per row; with g = 0 both residuals are exactly zero and PDT is the trunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from pdt_jax.sidecar.adapters import adapter
+from pdt_jax.sidecar.snc import snc
+
+
+@flax.struct.dataclass
+class HookContext:
+    params: dict          # sidecar params
+    notes: jax.Array      # [B, W, N] the notes each row may read
+    mask: jax.Array       # [B, T or 1, W] bool: which notes each token may read
+    gate: jax.Array       # [B] float32 runtime gate g
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarHooks:
+    layers: tuple[int, ...]  # instrumented trunk layers, in order (index j ↔ params["layers"][j])
+    num_streams: int
+
+    def _slot(self, layer: int) -> int | None:
+        return self.layers.index(layer) if layer in self.layers else None
+
+    def after_attention(self, layer: int, h: jax.Array, ctx: HookContext) -> jax.Array:
+        j = self._slot(layer)
+        if j is None:
+            return h
+        lp = ctx.params["layers"][j]
+        delta = snc(lp["snc"], h, ctx.notes, ctx.mask)
+        scale = ctx.gate[:, None, None] * jax.nn.sigmoid(lp["snc_gate"])
+        return h + (scale * delta).astype(h.dtype)
+
+    def after_mlp(self, layer: int, h: jax.Array, ctx: HookContext) -> jax.Array:
+        j = self._slot(layer)
+        if j is None:
+            return h
+        lp = ctx.params["layers"][j]
+        delta = adapter(lp["adapter"], h, self.num_streams)
+        scale = ctx.gate[:, None, None] * jax.nn.sigmoid(lp["adapter_gate"])
+        return h + (scale * delta).astype(h.dtype)

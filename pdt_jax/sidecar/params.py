@@ -1,0 +1,89 @@
+"""Sidecar parameter declarations (shape, dtype, logical axes, init), float32 throughout.
+
+    layers[j] (j-th instrumented layer):
+        snc_gate, adapter_gate []       learned λ_l = sigmoid(param), init gate_init
+        snc: q [D, Hs, ds], k/v [N, Hs, ds], o [Hs, ds, D] (zero init)
+        adapter: down [K, D, r], down_bias [K, r], up [K, r, D] (zero init), up_bias [K, D] (zero)
+    plan_embed [V_p, dp]                 E_plan, shared by planner, snapshot 0 and coverage (D4)
+    planner: slot_query [S, dp], key [D, dp], value [D, dp], out_bias [S, dp]
+    plan_to_notes [dp, N]                snapshot 0 = normalised masked mean over active slots
+    notes_head, spec_head: w [D, N], b [N]
+    coverage: query [dp, C], key [D, C], value [D, C], score [C]
+    agree: w1 [D + N + S + N, A], b1 [A], w2 [A], b2 []
+    stream_cls: w1 [D, D], b1 [D], w2 [D, K], b2 [K]
+
+Zero-initialised output projections (SNC o, adapter up) make an untrained PDT reproduce the trunk
+exactly (ARCHITECTURE.md principle 3).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from pdt_jax.sidecar.config import SidecarConfig
+from pdt_jax.trunk.config import TrunkConfig
+from pdt_jax.trunk.params import ParamSpec, normal, ones, zeros
+
+
+def constant(value: float):
+    return lambda key, shape, dtype: jnp.full(shape, value, dtype)
+
+
+def sidecar_specs(trunk: TrunkConfig, cfg: SidecarConfig) -> dict:
+    f32 = jnp.float32
+    D, N, K = trunk.hidden_size, cfg.notes_dim, cfg.num_streams
+    Hs, ds, r = cfg.snc_heads, cfg.snc_head_dim, cfg.adapter_bottleneck
+    S, Vp, dp, C, A = cfg.planner_slots, cfg.plan_vocab_size, cfg.plan_dim, cfg.coverage_dim, cfg.agree_hidden
+    fan = lambda n: normal(n ** -0.5)
+
+    def layer():
+        return {
+            "snc_gate": ParamSpec((), f32, (), constant(cfg.gate_init)),
+            "adapter_gate": ParamSpec((), f32, (), constant(cfg.gate_init)),
+            "snc": {
+                "q": ParamSpec((D, Hs, ds), f32, ("embed", "heads", "head_dim"), fan(D)),
+                "k": ParamSpec((N, Hs, ds), f32, ("notes", "heads", "head_dim"), fan(N)),
+                "v": ParamSpec((N, Hs, ds), f32, ("notes", "heads", "head_dim"), fan(N)),
+                "o": ParamSpec((Hs, ds, D), f32, ("heads", "head_dim", "embed"), zeros),
+            },
+            "adapter": {
+                "down": ParamSpec((K, D, r), f32, ("streams", "embed", "bottleneck"), fan(D)),
+                "down_bias": ParamSpec((K, r), f32, ("streams", "bottleneck"), zeros),
+                "up": ParamSpec((K, r, D), f32, ("streams", "bottleneck", "embed"), zeros),
+                "up_bias": ParamSpec((K, D), f32, ("streams", "embed"), zeros),
+            },
+        }
+
+    return {
+        "layers": [layer() for _ in cfg.layers_for(trunk)],
+        "plan_embed": ParamSpec((Vp, dp), f32, ("plan_vocab", "plan"), normal(1.0)),
+        "planner": {
+            "slot_query": ParamSpec((S, dp), f32, (None, "plan"), normal(1.0)),
+            "key": ParamSpec((D, dp), f32, ("embed", "plan"), fan(D)),
+            "value": ParamSpec((D, dp), f32, ("embed", "plan"), fan(D)),
+            "out_bias": ParamSpec((S, dp), f32, (None, "plan"), zeros),
+        },
+        "plan_to_notes": ParamSpec((dp, N), f32, ("plan", "notes"), fan(dp)),
+        "notes_head": {"w": ParamSpec((D, N), f32, ("embed", "notes"), fan(D)),
+                       "b": ParamSpec((N,), f32, ("notes",), zeros)},
+        "spec_head": {"w": ParamSpec((D, N), f32, ("embed", "notes"), fan(D)),
+                      "b": ParamSpec((N,), f32, ("notes",), zeros)},
+        "coverage": {
+            "query": ParamSpec((dp, C), f32, ("plan", None), fan(dp)),
+            "key": ParamSpec((D, C), f32, ("embed", None), fan(D)),
+            "value": ParamSpec((D, C), f32, ("embed", None), fan(D)),
+            "score": ParamSpec((C,), f32, (None,), fan(C)),
+            "bias": ParamSpec((), f32, (), zeros),
+        },
+        "agree": {
+            "w1": ParamSpec((D + N + S + N, A), f32, (None, None), fan(D + 2 * N + S)),
+            "b1": ParamSpec((A,), f32, (None,), zeros),
+            "w2": ParamSpec((A,), f32, (None,), fan(A)),
+            "b2": ParamSpec((), f32, (), zeros),
+        },
+        "stream_cls": {
+            "w1": ParamSpec((D, D), f32, ("embed", None), fan(D)),
+            "b1": ParamSpec((D,), f32, (None,), zeros),
+            "w2": ParamSpec((D, K), f32, (None, "streams"), fan(D)),
+            "b2": ParamSpec((K,), f32, ("streams",), zeros),
+        },
+    }

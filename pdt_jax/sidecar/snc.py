@@ -1,0 +1,31 @@
+"""Shared Notes Cross-Attention (SNC): every token of a stream attends over the notes it may see.
+
+Queries come from the (RMS-normalised) residual stream after self-attention, keys and values from
+the notes in the stream's visible window. A token whose window is empty gets exactly zero, so the
+residual is untouched (no uniform attention over padding). The caller scales the result by
+λ_l · g and adds it to the residual (ARCHITECTURE.md D3).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def rms(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def snc(p: dict, h_BxTxD: jax.Array, notes_BxWxN: jax.Array, mask_BxTxW: jax.Array) -> jax.Array:
+    """Returns the float32 residual delta [B, T, D]. ``mask`` may be [B, 1, W] (one window per row)."""
+    ds = p["q"].shape[-1]
+    q = jnp.einsum("btd,dhk->bhtk", rms(h_BxTxD), p["q"])
+    notes = notes_BxWxN.astype(jnp.float32)
+    k = jnp.einsum("bwn,nhk->bhwk", notes, p["k"])
+    v = jnp.einsum("bwn,nhk->bhwk", notes, p["v"])
+    scores = jnp.einsum("bhtk,bhwk->bhtw", q, k) * ds ** -0.5
+    mask = mask_BxTxW[:, None, :, :]
+    scores = jnp.where(mask, scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
+    ctx = jnp.einsum("bhtw,bhwk->bhtk", probs, v)
+    return jnp.einsum("bhtk,hkd->btd", ctx, p["o"])
