@@ -89,10 +89,12 @@ def training_window_mask(block_BxT: jax.Array, present_PxKxU: jax.Array, cfg: Si
 
 
 def _window_notes(snapshot0_PxN, notes_PxKxUxN, K):
-    P = snapshot0_PxN.shape[0]
-    flat = notes_PxKxUxN.reshape(P, -1, notes_PxKxUxN.shape[-1])
-    entries = jnp.concatenate([snapshot0_PxN[:, None, :], flat], axis=1)  # [P, 1 + K·U, N]
-    return jnp.repeat(entries, K, axis=0)                                  # [B, W, N]
+    """The training window of every row: [B, 1 + K·U, N] notes and [B, 1 + K·U] writer ids."""
+    P, _, U, N = notes_PxKxUxN.shape
+    flat = notes_PxKxUxN.reshape(P, -1, N)
+    notes = jnp.concatenate([snapshot0_PxN[:, None, :], flat], axis=1)   # [P, 1 + K·U, N]
+    writers = jnp.concatenate([jnp.array([K]), jnp.repeat(jnp.arange(K), U)]).astype(jnp.int32)
+    return jnp.repeat(notes, K, axis=0), jnp.broadcast_to(writers, (P * K, 1 + K * U))
 
 
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
@@ -123,8 +125,9 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     gate_B = jnp.full((B,), gate, jnp.float32)
     plan_ids = jnp.asarray(batch["plan_ids"])
 
-    def run(notes_BxWxN, mask_BxTxW):
-        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, gate=gate_B)
+    def run(window, mask_BxTxW):
+        notes_BxWxN, entries_BxW = window
+        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B)
         hidden, _ = trunk_model.prefill(trunk_params, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
                                         moe_impl=moe_impl)
         return hidden
@@ -137,7 +140,7 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     # Pass A: notes written by every stream, reading snapshot 0 (or the teacher's notes).
     if pass_a == "snapshot0":
         mask_a = (block >= 0)[:, :, None]
-        hidden_a = run(jnp.repeat(snapshot0[:, None, :], K, axis=0), mask_a)
+        hidden_a = run((jnp.repeat(snapshot0[:, None, :], K, axis=0), jnp.full((B, 1), K, jnp.int32)), mask_a)
     elif pass_a == "teacher":
         teacher = jnp.asarray(batch["teacher_notes"], jnp.float32)
         present_t = jnp.any(teacher != 0, axis=-1)
@@ -154,6 +157,7 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     mask_b = training_window_mask(block, present, sc, visible_producers)
     window_b = _window_notes(snapshot0, bus_notes, K)
     hidden = run(window_b, mask_b)
+    window_b = window_b[0]
     lm_logits = trunk_model.unembed(trunk_params, hidden)
 
     pooled, _ = heads.block_pool(hidden, block, U)
@@ -195,17 +199,27 @@ def prefill(trunk_params: dict, sidecar_params: dict, tokens_BxT: jax.Array, len
     adapters already act). Returns (hidden [B, T, D], KVCache)."""
     B = tokens_BxT.shape[0]
     ctx = HookContext(params=sidecar_params, notes=jnp.zeros((B, 1, cfg.sidecar.notes_dim), jnp.float32),
-                      mask=jnp.zeros((B, 1, 1), bool), gate=gate_B)
+                      mask=jnp.zeros((B, 1, 1), bool), entries=jnp.zeros((B, 1), jnp.int32), gate=gate_B)
     return trunk_model.prefill(trunk_params, tokens_BxT, lengths_B, cfg=cfg.trunk, max_len=max_len, slack=slack,
                                hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
 
 
+def window_entries(window, K: int) -> jax.Array:
+    """Writer ids of a bus Window's entries ([P, K, W] → [B, W]): the producer, or K for snapshot 0."""
+    ids = jnp.where(window.version > 0, window.producer, K)
+    return ids.reshape(-1, ids.shape[-1]).astype(jnp.int32)
+
+
 def decode_step(trunk_params: dict, sidecar_params: dict, cache: KVCache, tokens_B: jax.Array,
                 notes_BxWxN: jax.Array, mask_BxW: jax.Array, gate_B: jax.Array, active_B: jax.Array, *,
-                cfg: PDTConfig, moe_impl: str = "auto"):
-    """One token for every row, reading each row's visible window through SNC.
-    Returns (hidden [B, D] float32-castable, logits [B, V] float32, cache)."""
-    ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxW[:, None, :], gate=gate_B)
+                cfg: PDTConfig, entries_BxW: jax.Array | None = None, moe_impl: str = "auto"):
+    """One token for every row, reading each row's visible window through SNC (``entries``: the
+    writer of each note, see ``window_entries``; default: every entry is snapshot 0).
+    Returns (hidden [B, D], logits [B, V] float32, cache)."""
+    if entries_BxW is None:
+        entries_BxW = jnp.full(mask_BxW.shape, cfg.K, jnp.int32)
+    ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxW[:, None, :], entries=entries_BxW,
+                      gate=gate_B)
     hidden, cache = trunk_model.extend(trunk_params, tokens_B[:, None], cache, cfg=cfg.trunk, active_B=active_B,
                                        hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
     return hidden[:, 0], trunk_model.unembed(trunk_params, hidden)[:, 0], cache

@@ -148,7 +148,8 @@ def test_snc_reads_visible_sibling_notes_and_ignores_hidden_ones(trunk_params, f
         w = bus_lib.visible_window(b, v, SIDE.lag)
         N = SIDE.notes_dim
         _, logits, _ = DECODE(trunk_params, side, cache, jnp.full((P * K,), 7), w.notes.reshape(P * K, -1, N),
-                                       w.mask.reshape(P * K, -1), gate, jnp.ones((P * K,), bool), cfg=CFG)
+                              w.mask.reshape(P * K, -1), gate, jnp.ones((P * K,), bool), cfg=CFG,
+                              entries_BxW=pdt.window_entries(w, K))
         return np.asarray(logits).reshape(P, K, -1)
 
     base = logits_for(bus)

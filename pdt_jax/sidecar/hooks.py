@@ -22,6 +22,7 @@ class HookContext:
     params: dict          # sidecar params
     notes: jax.Array      # [B, W, N] the notes each row may read
     mask: jax.Array       # [B, T or 1, W] bool: which notes each token may read
+    entries: jax.Array    # [B, W] int32: producer stream of each note, K for snapshot 0
     gate: jax.Array       # [B] float32 runtime gate g
 
 
@@ -38,7 +39,7 @@ class SidecarHooks:
         if j is None:
             return h
         lp = ctx.params["layers"][j]
-        delta = snc(lp["snc"], h, ctx.notes, ctx.mask)
+        delta = snc(lp["snc"], h, ctx.notes, ctx.mask, ctx.params["entry_embed"][ctx.entries])
         scale = ctx.gate[:, None, None] * jax.nn.sigmoid(lp["snc_gate"])
         return h + (scale * delta).astype(h.dtype)
 

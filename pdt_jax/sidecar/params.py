@@ -4,6 +4,7 @@
         snc_gate, adapter_gate []       learned λ_l = sigmoid(param), init gate_init
         snc: q [D, Hs, ds], k/v [N, Hs, ds], o [Hs, ds, D] (zero init)
         adapter: down [K, D, r], down_bias [K, r], up [K, r, D] (zero init), up_bias [K, D] (zero)
+    entry_embed [K + 1, N]              who wrote a note: producer stream k, or K = snapshot 0
     plan_embed [V_p, dp]                 E_plan, shared by planner, snapshot 0 and coverage (D4)
     planner: slot_query [S, dp], key [D, dp], value [D, dp], out_bias [S, dp]
     plan_to_notes [dp, N]                snapshot 0 = normalised masked mean over active slots
@@ -55,6 +56,7 @@ def sidecar_specs(trunk: TrunkConfig, cfg: SidecarConfig) -> dict:
 
     return {
         "layers": [layer() for _ in cfg.layers_for(trunk)],
+        "entry_embed": ParamSpec((K + 1, N), f32, (None, "notes"), normal(N ** -0.5)),
         "plan_embed": ParamSpec((Vp, dp), f32, ("plan_vocab", "plan"), normal(1.0)),
         "planner": {
             "slot_query": ParamSpec((S, dp), f32, (None, "plan"), normal(1.0)),

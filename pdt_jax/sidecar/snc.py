@@ -16,11 +16,15 @@ def rms(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
-def snc(p: dict, h_BxTxD: jax.Array, notes_BxWxN: jax.Array, mask_BxTxW: jax.Array) -> jax.Array:
-    """Returns the float32 residual delta [B, T, D]. ``mask`` may be [B, 1, W] (one window per row)."""
+def snc(p: dict, h_BxTxD: jax.Array, notes_BxWxN: jax.Array, mask_BxTxW: jax.Array,
+        entry_embed_BxWxN: jax.Array) -> jax.Array:
+    """Returns the float32 residual delta [B, T, D]. ``mask`` may be [B, 1, W] (one window per row).
+    ``entry_embed`` tells the reader who wrote each note (a learned embedding per producer stream,
+    and one for snapshot 0): without it SNC would be blind to authorship, and swapping two
+    producers' notes (``--cf-swap``) could never matter."""
     ds = p["q"].shape[-1]
     q = jnp.einsum("btd,dhk->bhtk", rms(h_BxTxD), p["q"])
-    notes = notes_BxWxN.astype(jnp.float32)
+    notes = notes_BxWxN.astype(jnp.float32) + entry_embed_BxWxN
     k = jnp.einsum("bwn,nhk->bhwk", notes, p["k"])
     v = jnp.einsum("bwn,nhk->bhwk", notes, p["v"])
     scores = jnp.einsum("bhtk,bhwk->bhtw", q, k) * ds ** -0.5
