@@ -1,0 +1,47 @@
+"""When does a stream write a note? Decided on the host at every round's end, from a seeded
+generator, so a replay makes the same decisions (seed README: deterministic every M tokens by
+default; stochastic and adaptive modes with a forced maximum interval)."""
+from __future__ import annotations
+
+import numpy as np
+
+from pdt_jax.runtime.options import Cadence
+
+
+class CadencePolicy:
+    def __init__(self, cfg: Cadence, stream_names, default_every: int, seed: int):
+        every = dict(cfg.every)
+        unknown = sorted(set(every) - set(stream_names) - {"all"})
+        if unknown:
+            raise ValueError(f"--cadence-M: unknown stream(s) {unknown}; valid: {list(stream_names)} or 'all'")
+        base = every.get("all", default_every)
+        self.every = {s: int(every.get(s, base)) for s in stream_names}
+        for s, m in self.every.items():
+            if m < 1:
+                raise ValueError(f"--cadence-M {s}={m}: expected a positive number of tokens")
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+
+    def decide(self, stream: str, tokens_since: int, produced: int, agreement: float) -> dict:
+        """Returns the decision record (also the manifest's cadence event)."""
+        M = self.every[stream]
+        if self.cfg.mode == "deterministic":
+            emit = tokens_since >= M
+            return {"mode": "deterministic", "emitted": bool(emit), "tokens_since": tokens_since, "M": M,
+                    "forced": False, "reason": "every_M" if emit else "waiting"}
+        forced = self.cfg.max_interval > 0 and tokens_since >= self.cfg.max_interval
+        base = min(1.0, max(self.cfg.min_probability, 1.0 / M))
+        multiplier = 1.0
+        if self.cfg.mode == "adaptive":
+            lo, hi = self.cfg.agreement_low, self.cfg.agreement_high
+            # Low agreement: write sooner (share what you have); high agreement: write less often.
+            frac = min(1.0, max(0.0, (agreement - lo) / max(hi - lo, 1e-9)))
+            multiplier = self.cfg.multiplier_max + frac * (self.cfg.multiplier_min - self.cfg.multiplier_max)
+        p_token = min(1.0, base * multiplier)
+        p_round = 1.0 - (1.0 - p_token) ** max(produced, 0)   # a note within this round's tokens
+        sample = float(self.rng.random())
+        emit = forced or (produced > 0 and sample < p_round)
+        return {"mode": self.cfg.mode, "emitted": bool(emit), "tokens_since": tokens_since, "M": M,
+                "forced": bool(forced), "base_probability": base, "multiplier": multiplier,
+                "final_probability": p_round, "sample": sample,
+                "reason": "max_interval" if forced else ("sampled" if emit else "not_sampled")}

@@ -1,0 +1,151 @@
+"""The run manifest: one JSON document per prompt (schema in the README, "Telemetry (manifest)").
+
+Deterministic fields (what a replay reproduces exactly): streams (token ids, text, coverage,
+latest note version, gate), rollbacks, stride_commit_events, cadence_events, gate_trace, plan,
+merged_answer. Timings and memory are measurements and differ run to run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+
+import numpy as np
+
+SCHEMA = "pdt-jax-manifest/1"
+COVERAGE_THRESHOLD, COVERAGE_BAND = 0.4, 0.2
+DETERMINISTIC_FIELDS = ("streams", "rollbacks", "stride_commit_events", "cadence_events", "gate_trace", "plan",
+                        "merged_answer", "committed_blocks_by_stream")
+
+
+def git_info() -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        if sha.returncode == 0:
+            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_sha": None, "git_dirty": None}
+
+
+def _status(p: float) -> str:
+    if p >= COVERAGE_THRESHOLD + COVERAGE_BAND:
+        return "covered"
+    if p <= COVERAGE_THRESHOLD - COVERAGE_BAND:
+        return "missing"
+    return "partial"
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs=None, extra=None) -> list[dict]:
+    """Per-prompt manifests from an orchestrator run record."""
+    K = len(stream_names)
+    sc = model_cfg.sidecar
+    start = rec["start"]
+    manifests = []
+    for p, prompt in enumerate(prompts):
+        catalog = (catalogs or [None] * len(prompts))[p] or []
+        plan_ids = start["plan_ids"][p]
+        streams, committed_blocks = {}, {}
+        for k, name in enumerate(stream_names):
+            b = p * K + k
+            ids = rec["committed"][b]
+            text_ids = [t for t in ids if t not in set(model_cfg.trunk.eos_token_ids)]
+            cov = rec["coverage"][b]
+            cov_logits = np.zeros(sc.planner_slots) if cov is None else np.asarray(cov, np.float64)
+            probs = 1 / (1 + np.exp(-cov_logits))
+            items = [{"index": i, "plan_item_id": int(plan_ids[i]), "probability": float(probs[i]),
+                      "status": _status(float(probs[i])),
+                      **({"text": catalog[i]["text"], "stream": catalog[i].get("stream")} if i < len(catalog) else {})}
+                     for i in range(len(plan_ids)) if plan_ids[i] != 0]
+            streams[name] = {
+                "text": decode(text_ids), "token_ids": ids, "token_texts": [decode([t]) for t in ids],
+                "num_tokens": len(ids), "finished_eos": bool(rec["finished"][b]),
+                "latest_version": int(rec["notes_versions"][b]), "gate": float(rec["gate"][b]),
+                "coverage": {"latest_logits": cov_logits.tolist(), "latest_probabilities": probs.tolist(),
+                             "threshold": COVERAGE_THRESHOLD, "partial_band": COVERAGE_BAND,
+                             "plan_ids": plan_ids.tolist(), "plan_mask": (plan_ids != 0).tolist(), "plan_items": items},
+            }
+            committed_blocks[name] = [dict(blk, stream_id=name) for blk in rec["blocks"][b]]
+        order = []
+        for item in catalog:  # merged answer by plan order (first appearance of each stream)
+            if item.get("stream") in stream_names and item["stream"] not in order:
+                order.append(item["stream"])
+        order += [n for n in stream_names if n not in order]
+        merged = "\n\n".join(streams[n]["text"] for n in order if streams[n]["text"])
+        pick = lambda events: [e for e in events if e.get("prompt_index", p) == p]
+        timings = {"bootstrap": rec["bootstrap_s"], "total": rec["total_s"], "stride_durations": rec["stride_durations"],
+                   "per_token": pick(rec["per_token"])}
+        if opts.sync_profile:
+            timings["stride_sync_durations"] = rec["sync_overhead"]
+            timings["sync_overhead_s"] = float(sum(rec["sync_overhead"]))
+        m = {
+            "schema": {"manifest": SCHEMA, "notes": "2.0"},
+            "prompt": prompt, "prompt_index": p, "baseline": None,
+            "config": {
+                "stride_B": sc.block_size, "commit_L": sc.commit_horizon,
+                "read_lag_delta": sc.lag if opts.lag is None else opts.lag, "max_snapshots_K": sc.bus_capacity,
+                "topology": "all_to_all", "gate_g": opts.gate_g, "alpha": opts.alpha,
+                "tau": sc.readiness_threshold if opts.readiness_threshold is None else opts.readiness_threshold,
+                "max_retries": opts.max_retries, "max_new_tokens": opts.max_new_tokens, "rng_seed": opts.seed,
+                "M_by_stream": dict((s, m) for s, m in _cadence_every(opts, stream_names, sc.block_size).items()),
+                "gate_annealing": dataclasses.asdict(opts.gate_annealing),
+                "cadence_policy": dataclasses.asdict(opts.cadence),
+                "decode": {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k},
+            },
+            "instrumented_layers": list(sc.layers_for(model_cfg.trunk)),
+            "timings": timings, "streams": streams,
+            "gate_trace": pick(rec["gate_trace"]), "cadence_events": pick(rec["cadence_events"]),
+            "rollbacks": pick(rec["rollbacks"]), "stride_commit_events": pick(rec["stride_commit_events"]),
+            "committed_blocks_by_stream": committed_blocks, "merged_answer": merged, "rounds": rec["rounds"],
+            "plan": {"source": start["plan_source"], "planner_slots": sc.planner_slots, "slot_ids": plan_ids.tolist(),
+                     "mask": (plan_ids != 0).tolist(), "logits_shape": list(start["planner_logits"].shape[1:]),
+                     "catalog": catalog},
+            **sc.hashing_metadata(),
+            "counterfactuals": {"swap_pairs": [list(x) for x in opts.counterfactuals.swap],
+                                "shuffle_streams": list(opts.counterfactuals.shuffle),
+                                "freeze_streams": list(opts.counterfactuals.freeze),
+                                "ablate_streams": list(opts.counterfactuals.ablate),
+                                "stale_overrides": {s: d for s, d in opts.counterfactuals.stale},
+                                "tag": opts.counterfactuals.tag},
+            "counterfactual_tags": [opts.counterfactuals.tag] if opts.counterfactuals.tag else [],
+            **git_info(),
+        }
+        if opts.memory_report:
+            entries = rec["memory"]
+            m["memory"] = {"entries": entries,
+                           "max_tracked_bytes": max((e["rss_bytes"] for e in entries), default=0),
+                           "max_estimate_bytes": max((e["estimate_bytes"] for e in entries), default=0)}
+        if extra:
+            m.update(extra)
+        manifests.append(_jsonable(m))
+    return manifests
+
+
+def _cadence_every(opts, names, default):
+    every = dict(opts.cadence.every)
+    base = every.get("all", default)
+    return {n: int(every.get(n, base)) for n in names}
+
+
+def deterministic_view(manifest: dict) -> dict:
+    """The fields a replay must reproduce bit for bit (timings excluded)."""
+    return {k: manifest[k] for k in DETERMINISTIC_FIELDS if k in manifest}

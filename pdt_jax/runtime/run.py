@@ -1,0 +1,114 @@
+"""Running PDT (or the sequential baseline) on prompts: from strings to manifests. The launcher
+``launch/infer.py`` is a thin flag parser around these two functions."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pdt_jax import records
+from pdt_jax.runtime import manifest as manifest_lib
+from pdt_jax.runtime.device import DeviceEngine
+from pdt_jax.runtime.orchestrator import Orchestrator
+from pdt_jax.runtime.replay import RecordingEngine
+from pdt_jax.trunk.api import bucket, pad_batch
+
+
+def plan_ids_for(catalog, cfg) -> np.ndarray:
+    sc = cfg.sidecar
+    hashing = records.PlanHashing(sc.plan_vocab_size, sc.plan_vocab_size, sc.plan_hash_salt)
+    ids = np.zeros(sc.planner_slots, np.int32)
+    for i, item in enumerate(catalog):
+        ids[i] = records.plan_item_id(item["text"], hashing)
+    return ids
+
+
+def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *, stream_prefixes=None,
+            seed_texts=None, catalog=None, replay_dir=None, replay_chunk_size=256, system=None, engine=None,
+            extra=None, on_event=None) -> list[dict]:
+    """P prompts × K streams in one batch. Returns one manifest per prompt."""
+    names = model_cfg.sidecar.stream_names
+    K, P = len(names), len(prompts)
+    prefixes = stream_prefixes or {}
+    rows = [tokenizer.prompt(p, system=system, prefix=prefixes.get(n, "")) for p in prompts for n in names]
+    ids, lengths = pad_batch(rows, pad_id=tokenizer.pad_id)
+    T = bucket(ids.shape[1], 16)
+    ids = np.pad(ids, ((0, 0), (0, T - ids.shape[1])), constant_values=tokenizer.pad_id)
+    max_len = bucket(T + opts.max_new_tokens + model_cfg.sidecar.block_size)
+    if max_len > model_cfg.trunk.max_position_embeddings:
+        raise ValueError(f"prompt + --max-new-tokens needs {max_len} positions; the model has "
+                         f"{model_cfg.trunk.max_position_embeddings}")
+    if engine is None:
+        engine = DeviceEngine(model_cfg, trunk_params, sidecar_params, opts, P, max_len)
+    device = engine
+    if replay_dir:
+        engine = RecordingEngine(engine, replay_dir, replay_chunk_size)
+    plan_ids = None if not catalog else np.broadcast_to(plan_ids_for(catalog, model_cfg), (P, model_cfg.sidecar.planner_slots)).copy()
+    seed_vectors = None
+    if seed_texts:
+        texts = [seed_texts.get(n, "") for n in names]
+        if any(not t for t in texts):
+            missing = [n for n, t in zip(names, texts) if not t]
+            raise ValueError(f"seed texts: streams {missing} have none; give a seed for every stream {list(names)}")
+        sid, slen = pad_batch([tokenizer.encode(t) or [tokenizer.pad_id] for t in texts], pad_id=tokenizer.pad_id)
+        vec = device.seed_vectors(sid, slen)                                   # [K, N]
+        seed_vectors = np.broadcast_to(vec, (P,) + vec.shape).copy()
+    orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.sidecar.readiness_threshold,
+                        model_cfg.trunk.eos_token_ids, decode=tokenizer.decode)
+    rec = orch.run(ids, lengths, plan_ids, seed_vectors)
+    catalogs = [catalog or [] for _ in prompts]
+    out = manifest_lib.build(rec, prompts=prompts, stream_names=names, opts=opts, model_cfg=model_cfg,
+                             decode=tokenizer.decode, catalogs=catalogs, extra=extra)
+    if replay_dir:
+        context = {"prompts": list(prompts), "streams": list(names), "options": _options_dict(opts),
+                   "model": {"notes_dim": model_cfg.sidecar.notes_dim, "hidden_size": model_cfg.trunk.hidden_size,
+                             "lm_vocab_size": model_cfg.trunk.vocab_size, "trunk": model_cfg.trunk.to_mapping(),
+                             "sidecar": model_cfg.sidecar.to_mapping()},
+                   "tokenizer": tokenizer.source, **model_cfg.sidecar.hashing_metadata(), **manifest_lib.git_info(),
+                   "extra": extra or {}}
+        path = engine.finish(context, catalogs)
+        for m in out:
+            m["replay_artifact"] = replay_dir
+    if on_event:
+        for e in rec["events"]:
+            on_event(e)
+    return out
+
+
+def _options_dict(opts) -> dict:
+    import dataclasses
+    return dataclasses.asdict(opts)
+
+
+def run_sequential(trunk, tokenizer, prompts, opts, *, system=None, extra=None) -> list[dict]:
+    """The sequential baseline: one stream per prompt, the trunk alone, cached decoding. Its
+    manifest has the PDT schema (one stream named ``seq``, no notes, no rollbacks)."""
+    rows = [tokenizer.prompt(p, system=system) for p in prompts]
+    t0 = time.perf_counter()
+    out = trunk.generate(rows, opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                         top_k=opts.top_k, seed=opts.seed, eos_ids=trunk.cfg.eos_token_ids)
+    total = time.perf_counter() - t0
+    manifests = []
+    git = manifest_lib.git_info()
+    for p, prompt in enumerate(prompts):
+        ids = out.tokens[p]
+        text_ids = [t for t in ids if t not in set(trunk.cfg.eos_token_ids)]
+        text = tokenizer.decode(text_ids)
+        per = total / max(1, sum(len(t) for t in out.tokens))
+        manifests.append({
+            "schema": {"manifest": manifest_lib.SCHEMA, "notes": "2.0"}, "prompt": prompt, "prompt_index": p,
+            "baseline": "sequential",
+            "config": {"gate_g": 0.0, "alpha": 0.0, "max_new_tokens": opts.max_new_tokens, "rng_seed": opts.seed,
+                       "decode": {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k}},
+            "instrumented_layers": [],
+            "timings": {"bootstrap": 0.0, "total": total, "stride_durations": [],
+                        "per_token": [{"stream": "seq", "token_index": i, "duration_s": per} for i in range(len(ids))]},
+            "streams": {"seq": {"text": text, "token_ids": ids, "token_texts": [tokenizer.decode([t]) for t in ids],
+                                "num_tokens": len(ids), "finished_eos": out.finished[p], "latest_version": 0,
+                                "gate": 0.0, "coverage": None}},
+            "gate_trace": [], "cadence_events": [], "rollbacks": [], "stride_commit_events": [],
+            "committed_blocks_by_stream": {"seq": [{"stride_id": 0, "committed": True, "token_ids": ids, "text": text}]},
+            "merged_answer": text, "rounds": len(ids), "plan": None, "counterfactuals": None,
+            "counterfactual_tags": [], **git, **(extra or {}),
+        })
+    return manifests
