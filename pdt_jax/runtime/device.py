@@ -33,10 +33,10 @@ def _programs(static: eng.RoundStatic, alpha_blend: bool, max_len: int, slack: i
     return {
         "round": jax.jit(partial(eng.round_fn, static), donate_argnums=(2, 3)),
         "prefill": jax.jit(partial(eng.prefill_fn, cfg, alpha_blend, max_len, slack, moe_impl=static.moe_impl)),
-        "publish": jax.jit(bus_lib.publish),
+        "publish": jax.jit(lambda bus, small, notes, stamp, rows: (
+            bus_lib.publish(bus, notes, stamp, rows.reshape(bus.count.shape)), eng.reset_notes(small, rows))),
         "rollback": jax.jit(lambda bus, stamp, m: bus_lib.rollback_to(bus, stamp, m)),
         "restore": jax.jit(eng.restore_rows),
-        "reset_notes": jax.jit(eng.reset_notes),
         "snapshot": jax.jit(heads.plan_snapshot),
         "seed_vectors": jax.jit(partial(eng.pooled_text_vectors, cfg=cfg)),
     }
@@ -57,7 +57,8 @@ class DeviceEngine:
         for name in (*cf.ablate, *cf.shuffle, *cf.freeze, *(s for s, _ in cf.stale)):
             if name != "all":
                 sc.stream_index(name)  # raises with the list of valid streams
-        self.static = eng.RoundStatic(cfg, self.tau, int(opts.top_k), opts.alpha < 1.0, swap, moe_impl)
+        self.static = eng.RoundStatic(cfg, self.tau, int(opts.top_k), opts.alpha < 1.0, swap, moe_impl,
+                                      canonical_window=bool(cf.stale or cf.shuffle or cf.freeze))
         stale = np.zeros((self.P, K), np.int32)
         for name, d in cf.stale:
             stale[:, [names.index(name)] if name != "all" else slice(None)] = int(d)
@@ -65,13 +66,14 @@ class DeviceEngine:
                         "shuffle": _stream_mask(names, cf.shuffle, self.P),
                         "freeze": _stream_mask(names, cf.freeze, self.P)}
         self.frozen = None
+        self._no_window = None  # a zero window of the right shape, passed until a freeze captures one
         # Rollback reaches back one block (plus retries of it); the ring slack covers it.
         self.slack = self.tau + 1
         self.max_len = max_len
         progs = _programs(self.static, opts.alpha < 1.0, max_len, self.slack)
         self._round, self._prefill = progs["round"], progs["prefill"]
         self._publish, self._rollback_bus = progs["publish"], progs["rollback"]
-        self._restore, self._reset_notes = progs["restore"], progs["reset_notes"]
+        self._restore = progs["restore"]
         self._snapshot_fn, self._seed_fn = progs["snapshot"], progs["seed_vectors"]
         self.key = jax.random.key(opts.seed)
 
@@ -102,32 +104,40 @@ class DeviceEngine:
         self.start_small = self.small
         cf = dict(self.cf_base)
         cf["freeze"] = cf["freeze"] & (self.frozen is not None)
-        cf["frozen"] = self.frozen if self.frozen is not None else bus_lib.visible_window(self.bus, 0, 0)
+        if self.frozen is None and self._no_window is None:
+            P, K = self.P, self.K
+            S = self.cfg.sidecar.bus_capacity
+            W = K + K * S if self.static.canonical_window else K + K * (S + self.opts.max_retries + 1)
+            z = lambda dt: np.zeros((P, K, W), dt)
+            self._no_window = bus_lib.Window(notes=np.zeros((P, K, W, self.cfg.sidecar.notes_dim), self.bus.notes.dtype),
+                                             mask=z(bool), producer=z(np.int32), version=z(np.int32), round=z(np.int32))
+        cf["frozen"] = self.frozen if self.frozen is not None else self._no_window
         t0 = time.perf_counter()
+        # Host values go in as numpy: jit's argument path converts them far faster than jnp calls.
         self.cache, self.base_cache, self.small, self.key, out, window = self._round(
             self.trunk_p, self.side_p, self.cache, self.base_cache, self.small, self.bus, self.item_ids,
-            jnp.int32(window_round), jnp.int32(self.lag), jnp.asarray(active), jnp.asarray(remaining, jnp.int32),
-            jnp.asarray(gate, jnp.float32), jnp.float32(self.opts.alpha), jnp.float32(self.opts.temperature),
-            jnp.float32(self.opts.top_p), self.key, cf)
+            np.int32(window_round), np.int32(self.lag), np.asarray(active, bool), np.asarray(remaining, np.int32),
+            np.asarray(gate, np.float32), np.float32(self.opts.alpha), np.float32(self.opts.temperature),
+            np.float32(self.opts.top_p), self.key, cf)
         dispatch = time.perf_counter() - t0
         if self.frozen is None:
             self.frozen = window
-        result = {k: np.asarray(v) for k, v in vars(out).items()}  # one host transfer per round
+        result = dict(vars(jax.device_get(out)))  # one host transfer per round
         result["_dispatch_s"] = dispatch
         result["_total_s"] = time.perf_counter() - t0
         return result
 
     def publish(self, rows: np.ndarray, notes: np.ndarray, stamp: int) -> None:
-        m = jnp.asarray(rows.reshape(self.P, self.K))
-        self.bus = self._publish(self.bus, jnp.asarray(notes).reshape(self.P, self.K, -1), jnp.int32(stamp), m)
-        self.small = self._reset_notes(self.small, jnp.asarray(rows))
+        rows = np.asarray(rows, bool)
+        notes = np.asarray(notes).reshape(self.P, self.K, -1)
+        self.bus, self.small = self._publish(self.bus, self.small, notes, np.int32(stamp), rows)
 
     def rollback(self, rows: np.ndarray, stamp: int) -> None:
         """Selected rows return to their state at the start of the last round; their notes with
         stamp ≥ ``stamp`` leave the bus."""
-        r = jnp.asarray(rows)
+        r = np.asarray(rows, bool)
         self.small, self.cache, self.base_cache = self._restore(r, self.start_small, self.small, self.cache, self.base_cache)
-        self.bus = self._rollback_bus(self.bus, jnp.int32(stamp), r.reshape(self.P, self.K))
+        self.bus = self._rollback_bus(self.bus, np.int32(stamp), r.reshape(self.P, self.K))
 
     def bus_state(self) -> dict:
         return jax.tree.map(np.asarray, {"notes": self.bus.notes, "round": self.bus.round, "valid": self.bus.valid,

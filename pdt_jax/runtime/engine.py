@@ -66,6 +66,7 @@ class RoundStatic:
     blend: bool                              # α < 1: also run the sidecar-free trunk
     swap: tuple[tuple[int, int], ...]        # counterfactual producer swaps
     moe_impl: str = "auto"
+    canonical_window: bool = False           # build the bus's sorted window (stale/shuffle need its order)
 
 
 def _coverage_update(p, plan_embed, item_ids_BxS, hidden_BxTxD, valid_BxT, small: Small, num_heads: int):
@@ -89,15 +90,38 @@ def _coverage_update(p, plan_embed, item_ids_BxS, hidden_BxTxD, valid_BxT, small
     return logits, small.replace(cov_max=new_max, cov_den=den, cov_num=num)
 
 
+def _unsorted_window(bus, window_round, lag) -> bus_lib.Window:
+    """The same entries as ``bus.visible_window`` with the default budget (every live note), but in
+    storage order: snapshot-0 slots, then ring slots. SNC is blind to entry order, so the runtime
+    skips the two sorts of the canonical window unless a counterfactual needs that order."""
+    P, K, S, N = bus.notes.shape
+    horizon = window_round - lag
+    vis = bus.valid & (bus.round <= horizon)                                          # [P, K, S]
+    mask = jnp.concatenate([bus.snap0_valid, vis.reshape(P, K * S)], axis=1)          # [P, W]
+    notes = jnp.concatenate([bus.snap0, bus.notes.reshape(P, K * S, N)], axis=1)
+    producer = jnp.concatenate([jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (P, K)),
+                                bus.producer.reshape(P, K * S)], axis=1)
+    version = jnp.concatenate([jnp.zeros((P, K), jnp.int32), bus.version.reshape(P, K * S)], axis=1)
+    rnd = jnp.concatenate([jnp.zeros((P, K), jnp.int32), bus.round.reshape(P, K * S)], axis=1)
+    z = lambda x: jnp.broadcast_to(jnp.where(mask, x, 0)[:, None], (P, K) + x.shape[1:])
+    return bus_lib.Window(notes=jnp.broadcast_to(jnp.where(mask[..., None], notes, 0)[:, None], (P, K) + notes.shape[1:]),
+                          mask=jnp.broadcast_to(mask[:, None], (P, K, mask.shape[1])), producer=z(producer),
+                          version=z(version), round=z(rnd))
+
+
 def _window(bus, static: RoundStatic, window_round, lag, cf, key):
     cfg = static.cfg
     P, K = bus.count.shape
-    w = bus_lib.visible_window(bus, window_round, lag)
+    if static.canonical_window:
+        w = bus_lib.visible_window(bus, window_round, lag)
+    else:
+        w = _unsorted_window(bus, window_round, lag)
     w = bus_lib.freeze(w, cf["frozen"], cf["freeze"])
-    w = bus_lib.stale(w, cf["stale"])
+    if static.canonical_window:
+        w = bus_lib.stale(w, cf["stale"])
+        w = bus_lib.shuffle(w, key, cf["shuffle"])
     for a, b in static.swap:
         w = bus_lib.swap_producers(w, a, b)
-    w = bus_lib.shuffle(w, key, cf["shuffle"])
     w = bus_lib.ablate(w, cf["ablate"])
     N = cfg.sidecar.notes_dim
     return w, w.notes.reshape(P * K, -1, N), w.mask.reshape(P * K, -1), pdt.window_entries(w, K)

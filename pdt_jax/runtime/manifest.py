@@ -7,6 +7,7 @@ merged_answer. Timings and memory are measurements and differ run to run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 
@@ -18,17 +19,24 @@ DETERMINISTIC_FIELDS = ("streams", "rollbacks", "stride_commit_events", "cadence
                         "merged_answer", "committed_blocks_by_stream")
 
 
-def git_info() -> dict:
+@functools.lru_cache(maxsize=1)
+def _git_info() -> tuple:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10)
         if sha.returncode == 0:
-            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+            return sha.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"git_sha": None, "git_dirty": None}
+    return None, None
+
+
+def git_info() -> dict:
+    """The checkout that produced an artefact (read once per process)."""
+    sha, dirty = _git_info()
+    return {"git_sha": sha, "git_dirty": dirty}
 
 
 def _status(p: float) -> str:
@@ -59,6 +67,8 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
     """Per-prompt manifests from an orchestrator run record."""
     K = len(stream_names)
     sc = model_cfg.sidecar
+    texts: dict[int, str] = {}
+    token_text = lambda t: texts[t] if t in texts else texts.setdefault(t, decode([t]))
     start = rec["start"]
     manifests = []
     for p, prompt in enumerate(prompts):
@@ -77,7 +87,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
                       **({"text": catalog[i]["text"], "stream": catalog[i].get("stream")} if i < len(catalog) else {})}
                      for i in range(len(plan_ids)) if plan_ids[i] != 0]
             streams[name] = {
-                "text": decode(text_ids), "token_ids": ids, "token_texts": [decode([t]) for t in ids],
+                "text": decode(text_ids), "token_ids": ids, "token_texts": [token_text(t) for t in ids],
                 "num_tokens": len(ids), "finished_eos": bool(rec["finished"][b]),
                 "latest_version": int(rec["notes_versions"][b]), "gate": float(rec["gate"][b]),
                 "coverage": {"latest_logits": cov_logits.tolist(), "latest_probabilities": probs.tolist(),

@@ -17,6 +17,7 @@ Per round v (ARCHITECTURE.md data flow "Infer"):
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -39,6 +40,7 @@ class Orchestrator:
         self.gamma = readiness_threshold if opts.readiness_threshold is None else opts.readiness_threshold
         self.eos = set(int(e) for e in eos_ids)
         self.decode = decode or (lambda ids: " ".join(map(str, ids)))
+        self.token_text = functools.lru_cache(maxsize=65536)(lambda t: self.decode([t]))
         self.cadence = CadencePolicy(opts.cadence, self.names, block_size, opts.seed)
 
     def run(self, ids, lengths, plan_ids=None, seed_vectors=None) -> dict:
@@ -122,7 +124,7 @@ class Orchestrator:
                                              "token_index": int(generated[b]) - len(toks) + i, "duration_s": per_tok,
                                              **({"top2_margin": float(o["margins"][b][prod][i])} if opts.log_margins else {})})
                     rec["events"].append({"prompt_index": int(b // K), "stream": self.names[b % K], "token_id": int(t),
-                                          "token_text": self.decode([t]), "stride_index": v, "agreement": readiness[b],
+                                          "token_text": self.token_text(t), "stride_index": v, "agreement": readiness[b],
                                           "notes_emitted": bool(emit[b]) and i == len(toks) - 1,
                                           "rollback_performed": bool(retries[b]), "stream_completed": bool(finished[b]),
                                           "top2_margin": float(o["margins"][b][prod][i])})
