@@ -9,7 +9,6 @@ random weights (ours exported through the HF tensor mapping), and both must prod
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -20,16 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pdt_jax import config_files  # noqa: E402
 from pdt_jax.trunk import Trunk, TrunkConfig  # noqa: E402
 from pdt_jax.trunk.hf_layout import hf_state_dict  # noqa: E402
 
 
 def load_config(spec: str) -> TrunkConfig:
-    path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("model_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return TrunkConfig.from_mapping(mod.get_config(arg or None).to_dict())
+    return config_files.trunk_config(config_files.load(spec))
 
 
 def hf_model(trunk: Trunk):

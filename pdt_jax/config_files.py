@@ -24,7 +24,7 @@ def load(spec: str) -> ConfigDict:
 
 
 def trunk_config(cd: ConfigDict) -> TrunkConfig:
-    return TrunkConfig.from_mapping(cd.to_dict() if hasattr(cd, "to_dict") else cd)
+    return TrunkConfig.from_mapping(cd)
 
 
 def pdt_config(cd: ConfigDict):
@@ -35,4 +35,4 @@ def pdt_config(cd: ConfigDict):
     for group in ("trunk", "sidecar"):
         if group not in cd:
             raise ConfigError(f"model config: expected a '{group}' group, found groups {sorted(cd.keys())}")
-    return PDTConfig(trunk_config(cd.trunk), SidecarConfig.from_mapping(cd.sidecar.to_dict()))
+    return PDTConfig(trunk_config(cd.trunk), SidecarConfig.from_mapping(cd.sidecar))

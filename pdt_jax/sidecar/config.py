@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from pdt_jax.trunk.config import ConfigError, TrunkConfig
+from pdt_jax.trunk.config import ConfigError, TrunkConfig, dataclass_from_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +72,7 @@ class SidecarConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "SidecarConfig":
-        cfg = dict(cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ConfigError(f"unknown sidecar config field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**cfg)
+        return dataclass_from_mapping(cls, cfg, "sidecar")
 
     def to_mapping(self) -> dict:
         d = dataclasses.asdict(self)

@@ -17,6 +17,16 @@ class ConfigError(ValueError):
     """A configuration field is missing or has an invalid value."""
 
 
+def dataclass_from_mapping(cls, cfg: Mapping[str, Any], what: str):
+    """Build a frozen config dataclass from a dict/ConfigDict, naming unknown fields."""
+    cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} config field(s) {unknown}; valid fields: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrunkConfig:
     vocab_size: int = 201088
@@ -90,15 +100,7 @@ class TrunkConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "TrunkConfig":
         """From our own field names (an ml_collections ConfigDict or a dict)."""
-        cfg = dict(cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ConfigError(f"unknown trunk config field(s) {unknown}; valid fields: {sorted(names)}")
-        for key in ("layer_types", "eos_token_ids"):
-            if key in cfg and cfg[key] is not None:
-                cfg[key] = tuple(cfg[key])
-        return cls(**cfg)
+        return dataclass_from_mapping(cls, cfg, "trunk")
 
     def to_mapping(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
