@@ -105,18 +105,25 @@ def test_forward_train_shapes_and_single_compile(trunk_params, fresh_sidecar):
         assert np.isfinite(np.asarray(v)).all()
 
 
-def test_training_windows_follow_the_bus_rules():
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_training_windows_follow_the_bus_rules(lag):
     """The teacher-forced window mask equals what the runtime bus shows when block u's note is
-    published with stamp u + 1 and read at round v with lag Δ and the producer capacity."""
+    published with stamp u + 1 and read at round v with lag Δ and the producer capacity — at every
+    token of every block, for every consumer, including a consumer restricted to one producer."""
+    import dataclasses
+
+    side = dataclasses.replace(SIDE, lag=lag)
     U = 6
     start = jnp.array([3, 1, 2])
-    block = pdt.block_index(3 + 2 * U, start, SIDE.block_size)
+    block = pdt.block_index(3 + 2 * U, start, side.block_size)
     present = jnp.ones((1, K, U), bool).at[0, 2, 4:].set(False)   # stream 3 wrote only 4 blocks
-    mask = np.asarray(pdt.training_window_mask(block, present, SIDE))
-    bus = bus_lib.init_bus(1, K, SIDE.bus_capacity, 4, slack=U)
+    mask = np.asarray(pdt.training_window_mask(block, present, side))
+    only = jnp.zeros((K, K), bool).at[1, 2].set(True)             # stream 2 may read stream 3 only
+    restricted = np.asarray(pdt.training_window_mask(block, present, side, only))
+    bus = bus_lib.init_bus(1, K, side.bus_capacity, 4, slack=U)
     bus = bus_lib.seed_snapshot0(bus, jnp.ones((1, 4)))
     for v in range(U):
-        win = bus_lib.visible_window(bus, v, SIDE.lag)
+        win = bus_lib.visible_window(bus, v, side.lag)
         expect = np.zeros(1 + K * U, bool)
         expect[0] = True
         for w in range(win.mask.shape[-1]):
@@ -124,8 +131,15 @@ def test_training_windows_follow_the_bus_rules():
                 j, u = int(win.producer[0, 0, w]), int(win.round[0, 0, w]) - 1
                 expect[1 + j * U + u] = True
         for row in range(K):
-            t = int(start[row]) + v * SIDE.block_size
-            np.testing.assert_array_equal(mask[row, t], expect, err_msg=f"round {v} row {row}")
+            for i in range(side.block_size):
+                t = int(start[row]) + v * side.block_size + i
+                np.testing.assert_array_equal(mask[row, t], expect, err_msg=f"round {v} row {row} token {i}")
+        t = int(start[1]) + v * side.block_size
+        only_3 = expect.copy()
+        only_3[1: 1 + 2 * U] = False                                 # producers 1 and 2 hidden
+        np.testing.assert_array_equal(restricted[1, t], only_3)
+        t0 = int(start[0]) + v * side.block_size                     # stream 1 reads no producer: snapshot 0 only
+        np.testing.assert_array_equal(restricted[0, t0], np.eye(1 + K * U, dtype=bool)[0])
         bus = bus_lib.publish(bus, jnp.ones((1, K, 4)), v + 1, mask_PxK=present[:, :, v])
     for row in range(K):  # prompt tokens read nothing
         assert not mask[row, : int(start[row])].any()
@@ -215,3 +229,36 @@ def test_frozen_trunk_gets_no_update(trunk_params, fresh_sidecar):
     jax.tree.map(np.testing.assert_array_equal, new["trunk"], params["trunk"])
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new["sidecar"], params["sidecar"])
     assert any(jax.tree.leaves(changed))
+
+
+def test_training_coverage_is_the_exact_prefix_softmax():
+    """Per-block coverage equals a plain softmax over each prefix, even when a later token's score
+    dwarfs the earlier ones (a single global max would underflow the early prefixes)."""
+    from pdt_jax.sidecar import heads
+
+    rng = np.random.RandomState(0)
+    B, T, D, S, C, H, Vp = 2, 9, 8, 3, 8, 2, 11
+    p = {"query": jnp.asarray(rng.randn(4, C), jnp.float32), "key": jnp.asarray(rng.randn(D, C), jnp.float32),
+         "value": jnp.asarray(rng.randn(D, C), jnp.float32), "score": jnp.asarray(rng.randn(C), jnp.float32),
+         "bias": jnp.float32(0.1)}
+    embed = jnp.asarray(rng.randn(Vp, 4), jnp.float32)
+    items = jnp.asarray(rng.randint(1, Vp, (B, S)))
+    hidden = rng.randn(B, T, D).astype(np.float32)
+    hidden[:, 7] *= 300.0  # a late token with enormous scores
+    mask = np.ones((B, T), bool)
+    mask[1, :2] = False
+    ends = np.array([[1, 4, 8], [3, 6, -1]])
+    got = np.asarray(heads.coverage_logits(p, embed, items, jnp.asarray(hidden), jnp.asarray(mask), jnp.asarray(ends), H))
+    q = (np.asarray(embed)[np.asarray(items)] @ np.asarray(p["query"])).reshape(B, S, H, C // H)
+    k = (hidden @ np.asarray(p["key"])).reshape(B, T, H, C // H)
+    v = (hidden @ np.asarray(p["value"])).reshape(B, T, H, C // H)
+    for b in range(B):
+        for u, end in enumerate(ends[b]):
+            if end < 0:
+                assert np.all(got[b, u] == 0)
+                continue
+            keep = np.nonzero(mask[b, :end + 1])[0]
+            s = np.einsum("shk,thk->hst", q[b], k[b, keep]) / np.sqrt(C // H)
+            w = np.exp(s - s.max(-1, keepdims=True))
+            ctx = np.einsum("hst,thk->shk", w / w.sum(-1, keepdims=True), v[b, keep]).reshape(S, C)
+            np.testing.assert_allclose(got[b, u], ctx @ np.asarray(p["score"]) + 0.1, rtol=2e-4, atol=2e-4)

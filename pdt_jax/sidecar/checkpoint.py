@@ -51,6 +51,12 @@ def load_sidecar(path: str, trunk: TrunkConfig, cfg: SidecarConfig):
     if stored_cfg.hashing_metadata() != cfg.hashing_metadata():
         raise CheckpointError(f"{path}: plan hashing metadata {stored_cfg.hashing_metadata()} differ from the "
                               f"config's {cfg.hashing_metadata()}; refusing to mix them (D5)")
+    # Weights are tied to the layers and the stream order they were trained on.
+    for what, stored, wanted in (("instrumented layers", stored_cfg.layers_for(trunk), cfg.layers_for(trunk)),
+                                 ("stream_names", stored_cfg.stream_names, cfg.stream_names)):
+        if stored != wanted:
+            raise CheckpointError(f"{path}: {what}: the checkpoint was trained with {list(stored)}, "
+                                  f"the config asks for {list(wanted)}")
     tensors = load_file(path)
     specs = sidecar_specs(trunk, cfg)
     flat_specs = _flat(specs)

@@ -50,10 +50,10 @@ def block_pool(hidden_BxTxD: jax.Array, block_BxT: jax.Array, num_blocks: int) -
 def coverage_logits(p: dict, plan_embed: jax.Array, item_ids_BxS: jax.Array, hidden_BxTxD: jax.Array,
                     key_mask_BxT: jax.Array, ends_BxU: jax.Array, num_heads: int) -> jax.Array:
     """Coverage of each plan item by a stream's text *up to the end of each block*: plan-item
-    queries (from E_plan) attend over the stream's hidden states. Prefix attention for every block
-    end at once: exp-scores are accumulated with a cumulative sum over time (stabilised by the
-    global max), then read at each block's last token ``ends`` (−1: no such block → logits 0).
-    Returns float32 [B, U, S]."""
+    queries (from E_plan) attend over the stream's hidden states. Every prefix's softmax at once:
+    an associative scan over time of the running (max, denominator, numerator) — the same online
+    softmax the runtime accumulates round by round — read at each block's last token ``ends``
+    (−1: no such block → logits 0). Returns float32 [B, U, S]."""
     B, T, _ = hidden_BxTxD.shape
     C = p["key"].shape[-1]
     hd = C // num_heads
@@ -61,12 +61,18 @@ def coverage_logits(p: dict, plan_embed: jax.Array, item_ids_BxS: jax.Array, hid
     q = (plan_embed[item_ids_BxS] @ p["query"]).reshape(B, -1, num_heads, hd)        # [B, S, H, hd]
     k = (h @ p["key"]).reshape(B, T, num_heads, hd)
     v = (h @ p["value"]).reshape(B, T, num_heads, hd)
-    scores = jnp.einsum("bshk,bthk->bhst", q, k) * hd ** -0.5
     valid = key_mask_BxT[:, None, None, :]
-    peak = jnp.max(jnp.where(valid, scores, -1e30), axis=-1, keepdims=True)
-    w = jnp.where(valid, jnp.exp(scores - jax.lax.stop_gradient(peak)), 0.0)        # [B, H, S, T]
-    num = jnp.cumsum(jnp.einsum("bhst,bthk->bhstk", w, v), axis=3)                   # prefix sums
-    den = jnp.cumsum(w, axis=3)
+    scores = jnp.where(valid, jnp.einsum("bshk,bthk->bhst", q, k) * hd ** -0.5, -1e30)   # [B, H, S, T]
+    den = valid.astype(jnp.float32) * jnp.ones_like(scores)
+    num = jnp.einsum("bhst,bthk->bhstk", den, v)
+
+    def combine(a, b):
+        (ma, da, na), (mb, db, nb) = a, b
+        m = jnp.maximum(ma, mb)
+        sa, sb = jnp.exp(ma - m), jnp.exp(mb - m)
+        return m, da * sa + db * sb, na * sa[..., None] + nb * sb[..., None]
+
+    _, den, num = jax.lax.associative_scan(combine, (scores, den, num), axis=3)
     idx = jnp.clip(ends_BxU, 0, T - 1)
     num_e = jnp.take_along_axis(num, idx[:, None, None, :, None], axis=3)           # [B, H, S, U, hd]
     den_e = jnp.take_along_axis(den, idx[:, None, None, :], axis=3)
