@@ -150,3 +150,41 @@ def test_no_recompilation_across_rounds_rollbacks_and_prompts(model):
     m = run(model, opts, prompts=["Who founded Kestrel Academy?", "Name a river."], side=side)
     assert sum(len(x["rollbacks"]) for x in m) > 0 and m[0]["rounds"] >= 3
     assert dict(eng.TRACE_COUNTS) == before
+
+
+def test_runtime_decodes_what_teacher_forced_training_predicts(model):
+    """With the sidecar acting (adapters, SNC on snapshot 0) and notes hidden by a long lag, the
+    runtime's greedy tokens are the argmax of forward_train on the same text, at every position:
+    windows, blocks, caches and hooks agree between the two paths."""
+    cfg, trunk, side, tok = model
+    always = dict(side, agree=dict(side["agree"], b2=jnp.float32(50.0)))
+    opts = RuntimeOptions(max_new_tokens=12, lag=1000)
+    m = run(model, opts, prompts=PROMPTS[:1], side=always)[0]
+    names = cfg.sidecar.stream_names
+    rows = [tok.prompt(PROMPTS[0], prefix=PREFIXES[n]) for n in names]
+    gen = [m["streams"][n]["token_ids"] for n in names]
+    T = max(len(r) + len(g) for r, g in zip(rows, gen))
+    toks, lens, start = np.zeros((1, 3, T), np.int32), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.int32)
+    for k, (r, g) in enumerate(zip(rows, gen)):
+        toks[0, k, :len(r) + len(g)], lens[0, k], start[0, k] = r + g, len(r) + len(g), len(r)
+    batch = {"tokens": toks, "lengths": lens, "target_start": start,
+             "plan_ids": np.asarray(m["plan"]["slot_ids"], np.int32)[None]}
+    train_cfg = pdt.PDTConfig(cfg.trunk, dataclasses.replace(cfg.sidecar, lag=1000))
+    logits = np.asarray(jax.jit(pdt.forward_train, static_argnames="cfg")(trunk, always, batch, cfg=train_cfg)["lm_logits"])
+    for k in range(3):
+        predicted = logits[k, start[0, k] - 1: lens[0, k] - 1].argmax(-1).tolist()
+        assert predicted == gen[k], f"stream {k}"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_a_rolled_back_block_is_regenerated_from_exactly_the_same_state(model, alpha):
+    """Greedy decoding, windows ablated (so a retry reads what the attempt read), readiness forced
+    low: every retry must reproduce the removed tokens — caches, logits and accumulators (and the
+    base cache when alpha < 1) are restored exactly."""
+    opts = RuntimeOptions(max_new_tokens=8, max_retries=1, alpha=alpha, gate_annealing=dataclasses.replace(
+        RuntimeOptions().gate_annealing, enabled=False), counterfactuals=Counterfactuals(ablate=("all",)))
+    m = run(model, opts, side=low_readiness(model[2]))[0]
+    assert m["rollbacks"]
+    for r in m["rollbacks"]:
+        block = next(b for b in m["committed_blocks_by_stream"][r["stream"]] if b["stride_id"] == r["stride_index"])
+        assert block["token_ids"] == r["removed_token_ids"]
