@@ -59,9 +59,12 @@ def main(argv=None):
     pdt_run = lambda: run_pdt(cfg, trunk_p, side_p, tok, [prompt], opts)
     m = pdt_run()[0]  # compile
     pdt_s = best_of(pdt_run, args.repeats)
-    # Decoding alone (prefill + rounds + commit logic), without writing the manifest.
-    decode_s = min(sum(x["timings"]["stride_durations"]) + x["timings"]["bootstrap"]
-                   for x in (pdt_run()[0] for _ in range(args.repeats)))
+    # Decoding alone (prefill + rounds + commit logic), without writing the manifest: the
+    # orchestrator's total. (Its stride durations end before each round's commit bookkeeping, so
+    # bootstrap + strides leaves that host work out; it is reported too, as pdt_rounds_wall_s.)
+    runs = [pdt_run()[0]["timings"] for _ in range(args.repeats)]
+    decode_s = min(t["total"] for t in runs)
+    rounds_s = min(sum(t["stride_durations"]) + t["bootstrap"] for t in runs)
     produced = sum(s["num_tokens"] for s in m["streams"].values())
 
     trunk = Trunk(cfg.trunk, trunk_p)
@@ -73,7 +76,7 @@ def main(argv=None):
 
     r = {"config": args.config, "streams": K, "tokens_per_stream": N, "tokens_total": produced,
          "block_size": cfg.sidecar.block_size, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-         "pdt_wall_s": decode_s, "pdt_with_manifest_wall_s": pdt_s, "sequential_wall_s": seq_s,
+         "pdt_wall_s": decode_s, "pdt_rounds_wall_s": rounds_s, "pdt_with_manifest_wall_s": pdt_s, "sequential_wall_s": seq_s,
          "batched_trunk_wall_s": batched_s, "pdt_tok_s": produced / decode_s, "sequential_tok_s": K * N / seq_s,
          "batched_trunk_tok_s": K * N / batched_s, "rollbacks": len(m["rollbacks"])}
     r["speedup_vs_sequential"] = r["pdt_tok_s"] / r["sequential_tok_s"]
@@ -87,7 +90,8 @@ def main(argv=None):
         print(f"{name:<28}{r[key + '_wall_s']:>10.3f}{r[key + '_tok_s']:>10.1f}")
     print(f"PDT / sequential aggregate tokens/s: {r['speedup_vs_sequential']:.2f}x (target >= 2.5x)")
     print(f"PDT machinery overhead vs batched trunk: {100 * r['machinery_overhead']:+.1f}% (target <= 15%); "
-          f"with the manifest written: {100 * r['machinery_overhead_with_manifest']:+.1f}%")
+          f"with the manifest written: {100 * r['machinery_overhead_with_manifest']:+.1f}%; "
+          f"prefill + rounds only (no commit bookkeeping): {100 * (rounds_s / batched_s - 1):+.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)

@@ -67,6 +67,11 @@ class RoundStatic:
     swap: tuple[tuple[int, int], ...]        # counterfactual producer swaps
     moe_impl: str = "auto"
     canonical_window: bool = False           # build the bus's sorted window (stale/shuffle need its order)
+    # Host-known facts that remove work from the traced round (each False/True keeps the general path):
+    greedy: bool = False                     # temperature == 0: argmax, no sampling branch in the scan
+    freeze: bool = True                      # some consumer may read a frozen window (cf["frozen"] used)
+    ablate: bool = True                      # some consumer's window is ablated (cf["ablate"] used)
+    unroll: int = 1                          # lax.scan unroll of the τ decode steps
 
 
 def _coverage_update(p, plan_embed, item_ids_BxS, hidden_BxTxD, valid_BxT, small: Small, num_heads: int):
@@ -88,6 +93,16 @@ def _coverage_update(p, plan_embed, item_ids_BxS, hidden_BxTxD, valid_BxT, small
     ctx = (num / jnp.maximum(den, 1e-30)[..., None]).transpose(0, 2, 1, 3).reshape(B, -1, C)
     logits = jnp.where((den > 0).any(1), ctx @ p["score"] + p["bias"], 0.0)
     return logits, small.replace(cov_max=new_max, cov_den=den, cov_num=num)
+
+
+def _top2_margin(logits_NxV: jax.Array) -> jax.Array:
+    """``sampling.top2_margin`` without ``lax.top_k`` (a full sort of every row on XLA:CPU): the top
+    value, minus the largest of the others — 0 when the top value occurs twice, as top_k gives."""
+    x = logits_NxV.astype(jnp.float32)
+    first = jnp.argmax(x, axis=-1)
+    top = jnp.take_along_axis(x, first[:, None], axis=-1)[:, 0]
+    others = jnp.where(jnp.arange(x.shape[-1])[None, :] == first[:, None], -jnp.inf, x)
+    return top - others.max(-1)
 
 
 def _unsorted_window(bus, window_round, lag) -> bus_lib.Window:
@@ -116,13 +131,15 @@ def _window(bus, static: RoundStatic, window_round, lag, cf, key):
         w = bus_lib.visible_window(bus, window_round, lag)
     else:
         w = _unsorted_window(bus, window_round, lag)
-    w = bus_lib.freeze(w, cf["frozen"], cf["freeze"])
+    if static.freeze:
+        w = bus_lib.freeze(w, cf["frozen"], cf["freeze"])
     if static.canonical_window:
         w = bus_lib.stale(w, cf["stale"])
         w = bus_lib.shuffle(w, key, cf["shuffle"])
     for a, b in static.swap:
         w = bus_lib.swap_producers(w, a, b)
-    w = bus_lib.ablate(w, cf["ablate"])
+    if static.ablate:
+        w = bus_lib.ablate(w, cf["ablate"])
     N = cfg.sidecar.notes_dim
     return w, w.notes.reshape(P * K, -1, N), w.mask.reshape(P * K, -1), pdt.window_entries(w, K)
 
@@ -130,39 +147,56 @@ def _window(bus, static: RoundStatic, window_round, lag, cf, key):
 def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, small: Small, bus, item_ids,
              window_round, lag, active, remaining, gate, alpha, temperature, top_p, key, cf):
     """Decode up to τ tokens for every active row (lax.scan), then write the provisional note,
-    coverage and readiness. ``remaining`` [B]: tokens a row may still write this round."""
+    coverage and readiness. ``remaining`` [B]: tokens a row may still write this round.
+    Returns the window read this round only when a freeze counterfactual may need it (else None)."""
     TRACE_COUNTS["round"] += 1
     cfg = static.cfg
+    hooks = cfg.hooks()
     key, wkey = jax.random.split(key)
     window, notes, mask, entries = _window(bus, static, window_round, lag, cf, wkey)
-    ctx = HookContext(params=side_p, notes=notes, mask=mask[:, None, :], entries=entries, gate=gate)
-    base_ctx = ctx.replace(gate=jnp.zeros_like(gate))
+    # The window is fixed for the whole round: SNC's keys and values are projected once here, not
+    # once per token and layer inside the scan.
+    ctx = HookContext(params=side_p, notes=notes, mask=mask[:, None, :], entries=entries, gate=gate).with_snc_kv(hooks)
     eos = jnp.asarray(cfg.trunk.eos_token_ids or (-1,), jnp.int32)
-
-    def step(carry, i):
-        cache, base_cache, logits, alive, key = carry
+    # One key per step, split off in sequence (greedy steps ignore theirs; the key returned for the
+    # next round evolves the same way whatever the temperature).
+    subs = []
+    for _ in range(static.block_size):
         key, sub = jax.random.split(key)
-        go = alive & (i < remaining)
-        token = jnp.where(go, sampling.sample(logits, sub, temperature, top_p, static.top_k), cfg.trunk.pad_token_id)
-        margin = sampling.top2_margin(logits)
+        subs.append(sub)
+    step_keys = None if static.greedy else jnp.stack(subs)
+    budget = jnp.where(active, remaining, 0)  # a row writes token i iff i < budget and it has not ended
+
+    def step(carry, xs):
+        cache, base_cache, logits, alive = carry
+        i, sub = xs
+        go = alive & (i < budget)
+        if static.greedy:
+            sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # = sampling.sample at temperature 0
+        else:
+            sampled = sampling.sample(logits, sub, temperature, top_p, static.top_k)
+        token = jnp.where(go, sampled, cfg.trunk.pad_token_id)
         hidden, cache = trunk_model.extend(trunk_p, token[:, None], cache, cfg=cfg.trunk, active_B=go,
-                                           hooks=cfg.hooks(), ctx=ctx, moe_impl=static.moe_impl)
+                                           hooks=hooks, ctx=ctx, moe_impl=static.moe_impl)
         new_logits = trunk_model.unembed(trunk_p, hidden)[:, 0]
         delta = jnp.zeros(token.shape, jnp.float32)
         if static.blend:
+            # g = 0 makes both sidecar residuals exactly zero: the base stream is the bare trunk.
             base_hidden, base_cache = trunk_model.extend(trunk_p, token[:, None], base_cache, cfg=cfg.trunk,
-                                                         active_B=go, hooks=cfg.hooks(), ctx=base_ctx,
-                                                         moe_impl=static.moe_impl)
+                                                         active_B=go, moe_impl=static.moe_impl)
             base_logits = trunk_model.unembed(trunk_p, base_hidden)[:, 0]
             delta = jnp.linalg.norm(new_logits - base_logits, axis=-1)
             new_logits = alpha * new_logits + (1 - alpha) * base_logits
-        logits = jnp.where(go[:, None], new_logits, logits)
         alive = alive & ~(go & jnp.isin(token, eos))
-        return (cache, base_cache, logits, alive, key), (token, go, margin, hidden[:, 0], delta)
+        return (cache, base_cache, jnp.where(go[:, None], new_logits, logits), alive), (token, go, logits, hidden[:, 0], delta)
 
-    carry = (cache, base_cache, small.logits, active, key)
-    (cache, base_cache, logits, _, key), (tokens, produced, margins, hidden, delta) = jax.lax.scan(
-        step, carry, jnp.arange(static.block_size))
+    carry = (cache, base_cache, small.logits, jnp.ones_like(active))
+    xs = (jnp.arange(static.block_size), step_keys)
+    (cache, base_cache, logits, _), (tokens, produced, step_logits, hidden, delta) = jax.lax.scan(
+        step, carry, xs, unroll=static.unroll)
+    # Top-2 margin of the logits each step sampled from, for all steps at once.
+    tau, B, V = step_logits.shape
+    margins = _top2_margin(step_logits.reshape(tau * B, V)).reshape(tau, B)
     tokens, produced, margins = tokens.T, produced.T, margins.T            # [B, τ]
     hidden = hidden.transpose(1, 0, 2)                                     # [B, τ, D]
     f = produced.astype(jnp.float32)
@@ -178,7 +212,7 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
     readiness = heads.readiness_logit(side_p["agree"], pooled, summary, coverage, note)
     out = RoundOut(tokens=tokens, produced=produced, margins=margins, note=note, coverage=coverage,
                    readiness=readiness, window_size=mask.sum(-1).astype(jnp.int32), attended_delta=delta[-1])
-    return cache, base_cache, small, key, out, window
+    return cache, base_cache, small, key, out, (window if static.freeze else None)
 
 
 def prefill_fn(cfg: pdt.PDTConfig, blend: bool, max_len: int, slack: int, trunk_p, side_p, ids, lengths, gate,

@@ -100,34 +100,42 @@ class Orchestrator:
             if opts.sync_profile:
                 rec["sync_overhead"].append(sum(a["_total_s"] - a["_dispatch_s"] for a in {id(a): a for a in attempt.values()}.values()))
             readiness = {}
-            for b in np.nonzero(active)[0]:
+            names, decode, token_text, eos = self.names, self.decode, self.token_text, self.eos
+            log_margins = opts.log_margins
+            per_token, events = rec["per_token"], rec["events"]
+            for b in np.nonzero(active)[0].tolist():
                 o = attempt[b]
                 prod = o["produced"][b]
                 toks = o["tokens"][b][prod].tolist()
+                tok_margins = o["margins"][b][prod].tolist()
                 committed[b] += toks
-                margins[b] += o["margins"][b][prod].tolist()
-                generated[b] += len(toks)
-                since_note[b] = 0 if emit[b] else since_note[b] + len(toks)
+                margins[b] += tok_margins
+                n_toks = len(toks)
+                generated[b] += n_toks
+                since_note[b] = 0 if emit[b] else since_note[b] + n_toks
                 rec["notes_versions"][b] += int(emit[b])  # a rolled-back note was removed and re-written
-                if any(t in self.eos for t in toks):
+                if any(t in eos for t in toks):
                     finished[b] = True
-                readiness[b] = float(_sigmoid(o["readiness"][b]))
+                readiness[b] = r_b = float(_sigmoid(o["readiness"][b]))
                 rec["coverage"][b] = o["coverage"][b]
                 blocks[b].append({"stride_id": v, "committed": not forced[b], "forced": bool(forced[b]),
-                                  "retries": int(retries[b]), "token_ids": toks, "text": self.decode(toks)})
-                self._anneal(b, gate, cooldown, readiness[b], volatile=bool(retries[b] or forced[b]))
-                rec["gate_trace"].append({"stride_index": v, "stream": self.names[b % K], "prompt_index": int(b // K),
+                                  "retries": int(retries[b]), "token_ids": toks, "text": decode(toks)})
+                self._anneal(b, gate, cooldown, r_b, volatile=bool(retries[b] or forced[b]))
+                stream, prompt_index = names[b % K], b // K
+                rec["gate_trace"].append({"stride_index": v, "stream": stream, "prompt_index": prompt_index,
                                           "value": float(gate[b])})
                 per_tok = elapsed / max(1, int(prod.sum()))
+                first = int(generated[b]) - n_toks
+                emitted, rolled_back, completed = bool(emit[b]), bool(retries[b]), bool(finished[b])
                 for i, t in enumerate(toks):
-                    rec["per_token"].append({"stride_index": v, "prompt_index": int(b // K), "stream": self.names[b % K],
-                                             "token_index": int(generated[b]) - len(toks) + i, "duration_s": per_tok,
-                                             **({"top2_margin": float(o["margins"][b][prod][i])} if opts.log_margins else {})})
-                    rec["events"].append({"prompt_index": int(b // K), "stream": self.names[b % K], "token_id": int(t),
-                                          "token_text": self.token_text(t), "stride_index": v, "agreement": readiness[b],
-                                          "notes_emitted": bool(emit[b]) and i == len(toks) - 1,
-                                          "rollback_performed": bool(retries[b]), "stream_completed": bool(finished[b]),
-                                          "top2_margin": float(o["margins"][b][prod][i])})
+                    per_token.append({"stride_index": v, "prompt_index": prompt_index, "stream": stream,
+                                      "token_index": first + i, "duration_s": per_tok,
+                                      **({"top2_margin": tok_margins[i]} if log_margins else {})})
+                    events.append({"prompt_index": prompt_index, "stream": stream, "token_id": t,
+                                   "token_text": token_text(t), "stride_index": v, "agreement": r_b,
+                                   "notes_emitted": emitted and i == n_toks - 1,
+                                   "rollback_performed": rolled_back, "stream_completed": completed,
+                                   "top2_margin": tok_margins[i]})
             rolled = [self.names[b % K] for b in np.nonzero(active)[0] if retries[b]]
             for p in range(B // K):
                 rows = [b for b in range(p * K, p * K + K) if active[b]]

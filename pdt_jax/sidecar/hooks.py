@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from pdt_jax.sidecar.adapters import adapter
-from pdt_jax.sidecar.snc import snc
+from pdt_jax.sidecar.snc import snc, snc_attend, snc_keys_values
 
 
 @flax.struct.dataclass
@@ -24,6 +25,14 @@ class HookContext:
     mask: jax.Array       # [B, T or 1, W] bool: which notes each token may read
     entries: jax.Array    # [B, W] int32: producer stream of each note, K for snapshot 0
     gate: jax.Array       # [B] float32 runtime gate g
+    # Optional: per instrumented layer, SNC's (keys, values) of ``notes`` (``with_snc_kv``). A decoder
+    # that reads one window for several tokens projects it once instead of once per token.
+    snc_kv: Any = None
+
+    def with_snc_kv(self, hooks: "SidecarHooks") -> "HookContext":
+        entry = self.params["entry_embed"][self.entries]
+        kv = tuple(snc_keys_values(self.params["layers"][j]["snc"], self.notes, entry) for j in range(len(hooks.layers)))
+        return self.replace(snc_kv=kv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +48,10 @@ class SidecarHooks:
         if j is None:
             return h
         lp = ctx.params["layers"][j]
-        delta = snc(lp["snc"], h, ctx.notes, ctx.mask, ctx.params["entry_embed"][ctx.entries])
+        if ctx.snc_kv is not None:
+            delta = snc_attend(lp["snc"], h, *ctx.snc_kv[j], ctx.mask)
+        else:
+            delta = snc(lp["snc"], h, ctx.notes, ctx.mask, ctx.params["entry_embed"][ctx.entries])
         scale = ctx.gate[:, None, None] * jax.nn.sigmoid(lp["snc_gate"])
         return h + (scale * delta).astype(h.dtype)
 

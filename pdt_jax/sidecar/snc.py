@@ -22,14 +22,27 @@ def snc(p: dict, h_BxTxD: jax.Array, notes_BxWxN: jax.Array, mask_BxTxW: jax.Arr
     ``entry_embed`` tells the reader who wrote each note (a learned embedding per producer stream,
     and one for snapshot 0): without it SNC would be blind to authorship, and swapping two
     producers' notes (``--cf-swap``) could never matter."""
-    ds = p["q"].shape[-1]
-    q = jnp.einsum("btd,dhk->bhtk", rms(h_BxTxD), p["q"])
+    k, v = snc_keys_values(p, notes_BxWxN, entry_embed_BxWxN)
+    return snc_attend(p, h_BxTxD, k, v, mask_BxTxW)
+
+
+def snc_keys_values(p: dict, notes_BxWxN: jax.Array, entry_embed_BxWxN: jax.Array):
+    """The keys and values of a window ([B, Hs, W, ds] each). They depend on the window only, so a
+    decoder that reads one window for several tokens computes them once (``HookContext.snc_kv``)."""
     notes = notes_BxWxN.astype(jnp.float32) + entry_embed_BxWxN
     k = jnp.einsum("bwn,nhk->bhwk", notes, p["k"])
     v = jnp.einsum("bwn,nhk->bhwk", notes, p["v"])
-    scores = jnp.einsum("bhtk,bhwk->bhtw", q, k) * ds ** -0.5
+    return k, v
+
+
+def snc_attend(p: dict, h_BxTxD: jax.Array, k_BxHxWxK: jax.Array, v_BxHxWxK: jax.Array,
+               mask_BxTxW: jax.Array) -> jax.Array:
+    """SNC given the window's keys and values (``snc_keys_values``)."""
+    ds = p["q"].shape[-1]
+    q = jnp.einsum("btd,dhk->bhtk", rms(h_BxTxD), p["q"])
+    scores = jnp.einsum("bhtk,bhwk->bhtw", q, k_BxHxWxK) * ds ** -0.5
     mask = mask_BxTxW[:, None, :, :]
     scores = jnp.where(mask, scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
-    ctx = jnp.einsum("bhtw,bhwk->bhtk", probs, v)
+    ctx = jnp.einsum("bhtw,bhwk->bhtk", probs, v_BxHxWxK)
     return jnp.einsum("bhtk,hkd->btd", ctx, p["o"])
