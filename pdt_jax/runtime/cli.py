@@ -34,7 +34,7 @@ def _pairs(values, sep, flag, convert=str):
 
 
 def _check_streams(names, valid, flag):
-    bad = sorted(set(names) - set(valid) - ({"all"} if flag in ("--cf-ablate", "--cadence-M") else set()))
+    bad = sorted(set(names) - set(valid) - ({"all"} if flag != "--seed-text" else set()))
     if bad:
         raise ValueError(f"{flag}: unknown stream(s) {bad}; valid streams: {list(valid)}")
 

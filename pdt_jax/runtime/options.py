@@ -72,5 +72,11 @@ class RuntimeOptions:
             raise ValueError(f"gate_g: expected >= 0, found {self.gate_g}")
         if self.lag is not None and self.lag < 0:
             raise ValueError(f"read lag delta: expected >= 0, found {self.lag}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: expected >= 0 (0 = off), found {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected in (0, 1], found {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: expected >= 0 (0 = greedy), found {self.temperature}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries: expected >= 0, found {self.max_retries}")

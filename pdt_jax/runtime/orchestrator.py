@@ -9,8 +9,8 @@ Per round v (ARCHITECTURE.md data flow "Infer"):
   2. Cadence decides which streams write their note; they are published with stamp v + 1.
   3. Streams with sigmoid(r) < γ are rolled back: their tokens are discarded, their cache length,
      logits and accumulators return to the block start and their note leaves the bus. They retry
-     the block reading the window of round v + 1, which now holds what their siblings published at
-     the end of the failed block (the paper's "fresher shared context"). After ``max_retries`` the
+     the block reading the window at horizon v + 1 + Δ, which now holds what their siblings published
+     at the end of the failed block (the paper's "fresher shared context"). After ``max_retries`` the
      block is force-committed and recorded as such.
   4. Everything left is committed; a stream that wrote EOS (or reached max_new_tokens) stops, the
      others go on. Gate annealing lowers g for streams whose block was volatile and lets it recover.
@@ -32,8 +32,9 @@ def _sigmoid(x):
 
 class Orchestrator:
     def __init__(self, engine, stream_names, opts: RuntimeOptions, block_size: int, readiness_threshold: float,
-                 eos_ids, decode=None, catalog=None):
+                 eos_ids, decode=None, lag: int = 1):
         self.engine, self.opts = engine, opts
+        self.lag = lag
         self.names = list(stream_names)
         self.K = len(self.names)
         self.tau = block_size
@@ -91,7 +92,9 @@ class Orchestrator:
                         "readiness": float(_sigmoid(attempt[b]["readiness"][b])), "note_removed": bool(emit[b])})
                 self.engine.rollback(can_retry, v + 1)
                 retries += can_retry
-                out_r = self.engine.round(v + 1, can_retry, remaining, gate)  # fresher window
+                # The fresher window: read at the horizon where the notes just published (stamp v + 1)
+                # are visible whatever Δ is, so the retry sees its siblings' notes of the failed block.
+                out_r = self.engine.round(v + 1 + self.lag, can_retry, remaining, gate)
                 for b in np.nonzero(can_retry)[0]:
                     attempt[b] = out_r
                 self._publish(out_r, can_retry & emit, v)
@@ -100,6 +103,7 @@ class Orchestrator:
             if opts.sync_profile:
                 rec["sync_overhead"].append(sum(a["_total_s"] - a["_dispatch_s"] for a in {id(a): a for a in attempt.values()}.values()))
             readiness = {}
+            round_tokens = max(1, sum(int(attempt[b]["produced"][b].sum()) for b in np.nonzero(active)[0]))
             names, decode, token_text, eos = self.names, self.decode, self.token_text, self.eos
             log_margins = opts.log_margins
             per_token, events = rec["per_token"], rec["events"]
@@ -124,7 +128,7 @@ class Orchestrator:
                 stream, prompt_index = names[b % K], b // K
                 rec["gate_trace"].append({"stride_index": v, "stream": stream, "prompt_index": prompt_index,
                                           "value": float(gate[b])})
-                per_tok = elapsed / max(1, int(prod.sum()))
+                per_tok = elapsed / round_tokens  # the round's time, shared by every token it committed
                 first = int(generated[b]) - n_toks
                 emitted, rolled_back, completed = bool(emit[b]), bool(retries[b]), bool(finished[b])
                 for i, t in enumerate(toks):
@@ -139,6 +143,8 @@ class Orchestrator:
             rolled = [self.names[b % K] for b in np.nonzero(active)[0] if retries[b]]
             for p in range(B // K):
                 rows = [b for b in range(p * K, p * K + K) if active[b]]
+                if not rows:  # every stream of this prompt has finished
+                    continue
                 rec["stride_commit_events"].append({
                     "prompt_index": p, "stride_id": v, "commit_id": f"stride-{v:04d}-commit-{p:04d}",
                     "committed": all(not retries[b] and not forced[b] for b in rows),

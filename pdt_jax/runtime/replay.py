@@ -211,7 +211,7 @@ def replay(directory: str):
     B = len(ctx["prompts"]) * len(names)
     ids = np.zeros((B, 1), np.int32)
     orch = Orchestrator(engine, names, opts, cfg.sidecar.block_size, cfg.sidecar.readiness_threshold,
-                        cfg.trunk.eos_token_ids, decode=decode)
+                        cfg.trunk.eos_token_ids, decode=decode, lag=cfg.sidecar.lag if opts.lag is None else opts.lag)
     rec = orch.run(ids, np.ones(B, np.int32))
     if engine.pos != len(engine.calls):
         raise ReplayError(f"replay diverged: {len(engine.calls) - engine.pos} recorded calls were never asked for")

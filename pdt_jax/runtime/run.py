@@ -54,7 +54,8 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
         vec = device.seed_vectors(sid, slen)                                   # [K, N]
         seed_vectors = np.broadcast_to(vec, (P,) + vec.shape).copy()
     orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.sidecar.readiness_threshold,
-                        model_cfg.trunk.eos_token_ids, decode=tokenizer.decode)
+                        model_cfg.trunk.eos_token_ids, decode=tokenizer.decode,
+                        lag=model_cfg.sidecar.lag if opts.lag is None else opts.lag)
     rec = orch.run(ids, lengths, plan_ids, seed_vectors)
     catalogs = [catalog or [] for _ in prompts]
     out = manifest_lib.build(rec, prompts=prompts, stream_names=names, opts=opts, model_cfg=model_cfg,

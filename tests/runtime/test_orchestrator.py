@@ -1,0 +1,84 @@
+"""The host-side decisions, driven by a scripted engine: gate annealing (decay, cooldown,
+recovery), retry horizons, commit events and per-token timings."""
+import numpy as np
+import pytest
+
+from pdt_jax.runtime.options import GateAnnealing, RuntimeOptions
+from pdt_jax.runtime.orchestrator import Orchestrator
+
+NAMES = ["stream_1", "stream_2", "stream_3"]
+
+
+class ScriptedEngine:
+    """Returns readiness logits from a script: script[call][row]."""
+
+    def __init__(self, B, script, tau=2, eos_at=None):
+        self.B, self.script, self.tau, self.calls, self.eos_at = B, script, tau, [], eos_at or {}
+
+    def start(self, ids, lengths, plan_ids, seed_vectors):
+        return {"plan_ids": np.zeros((self.B // 3, 4), np.int32), "planner_logits": np.zeros((self.B // 3, 4, 8)),
+                "plan_source": "model", "snapshot0": np.zeros((self.B // 3, 8))}
+
+    def round(self, window_round, active, remaining, gate):
+        n = len(self.calls)
+        self.calls.append({"window_round": window_round, "active": active.copy(), "gate": np.array(gate)})
+        produced = np.stack([(np.arange(self.tau) < remaining[b]) & active[b] for b in range(self.B)])
+        tokens = np.full((self.B, self.tau), 7, np.int32)
+        for b, r in self.eos_at.items():
+            if sum(c["active"][b] for c in self.calls) - 1 == r:
+                tokens[b, 0] = 1  # EOS
+        r = np.asarray(self.script[min(n, len(self.script) - 1)], np.float64)
+        return {"tokens": tokens, "produced": produced, "margins": np.zeros((self.B, self.tau)),
+                "note": np.zeros((self.B, 8)), "coverage": np.zeros((self.B, 4)), "readiness": r,
+                "window_size": np.ones(self.B, np.int32), "attended_delta": np.zeros(self.B),
+                "_dispatch_s": 0.0, "_total_s": 0.0}
+
+    def publish(self, rows, notes, stamp):
+        pass
+
+    def rollback(self, rows, stamp):
+        self.calls[-1]["rolled_back"] = rows.copy()
+
+
+HIGH, LOW = 10.0, -10.0
+
+
+def orchestrate(script, opts, B=3, eos_at=None, lag=1):
+    engine = ScriptedEngine(B, script, eos_at=eos_at)
+    orch = Orchestrator(engine, NAMES, opts, 2, 0.5, eos_ids=[1], lag=lag)
+    return orch.run(np.zeros((B, 4), np.int32), np.full(B, 4, np.int32)), engine
+
+
+def test_gate_decays_on_volatile_blocks_waits_a_cooldown_then_recovers():
+    opts = RuntimeOptions(max_new_tokens=12, max_retries=0, gate_annealing=GateAnnealing(cooldown=1))
+    # round 0 fails (forced commit: volatile), rounds 1.. are stable
+    rec, engine = orchestrate([[LOW] * 3] + [[HIGH] * 3] * 10, opts)
+    trace = [g["value"] for g in rec["gate_trace"] if g["stream"] == "stream_1"]
+    assert trace[:5] == pytest.approx([0.6, 0.6, 0.65, 0.70, 0.75])  # decay, cooldown, +0.05 ...
+    # and the device really ran with the annealed gate
+    assert engine.calls[1]["gate"][0] == pytest.approx(0.6)
+
+
+def test_retry_reads_the_horizon_where_fresh_notes_are_visible():
+    for lag in (0, 1, 2):
+        opts = RuntimeOptions(max_new_tokens=4, max_retries=1)
+        _, engine = orchestrate([[LOW, HIGH, HIGH], [HIGH] * 3, [HIGH] * 3], opts, lag=lag)
+        assert engine.calls[0]["window_round"] == 0
+        assert engine.calls[1]["window_round"] == 1 + lag          # the retry of round 0
+        assert engine.calls[1]["active"].tolist() == [True, False, False]
+
+
+def test_finished_prompts_stop_reporting_commit_events():
+    opts = RuntimeOptions(max_new_tokens=8)
+    eos_first = {0: 0, 1: 0, 2: 0}  # prompt 0's three streams end in round 0
+    rec, _ = orchestrate([[HIGH] * 6] * 10, opts, B=6, eos_at=eos_first)
+    prompt0 = [e for e in rec["stride_commit_events"] if e["prompt_index"] == 0]
+    prompt1 = [e for e in rec["stride_commit_events"] if e["prompt_index"] == 1]
+    assert len(prompt0) == 1 and len(prompt1) == 4
+
+
+def test_per_token_durations_add_up_to_the_round_time():
+    opts = RuntimeOptions(max_new_tokens=6)
+    rec, _ = orchestrate([[HIGH] * 3] * 5, opts)
+    total = sum(t["duration_s"] for t in rec["per_token"])
+    assert total == pytest.approx(sum(rec["stride_durations"]), rel=1e-6)
