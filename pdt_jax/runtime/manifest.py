@@ -67,8 +67,11 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
     """Per-prompt manifests from an orchestrator run record."""
     K = len(stream_names)
     sc = model_cfg.sidecar
+    from pdt_jax.runtime.orchestrator import token_records
+
     texts: dict[int, str] = {}
     token_text = lambda t: texts[t] if t in texts else texts.setdefault(t, decode([t]))
+    per_token, _ = token_records(rec, token_text, opts.log_margins)
     start = rec["start"]
     manifests = []
     for p, prompt in enumerate(prompts):
@@ -94,7 +97,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
                              "threshold": COVERAGE_THRESHOLD, "partial_band": COVERAGE_BAND,
                              "plan_ids": plan_ids.tolist(), "plan_mask": (plan_ids != 0).tolist(), "plan_items": items},
             }
-            committed_blocks[name] = [dict(blk, stream_id=name) for blk in rec["blocks"][b]]
+            committed_blocks[name] = [dict(blk, stream_id=name, text=decode(blk["token_ids"])) for blk in rec["blocks"][b]]
         order = []
         for item in catalog:  # merged answer by plan order (first appearance of each stream)
             if item.get("stream") in stream_names and item["stream"] not in order:
@@ -103,7 +106,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
         merged = "\n\n".join(streams[n]["text"] for n in order if streams[n]["text"])
         pick = lambda events: [e for e in events if e.get("prompt_index", p) == p]
         timings = {"bootstrap": rec["bootstrap_s"], "total": rec["total_s"], "stride_durations": rec["stride_durations"],
-                   "per_token": pick(rec["per_token"])}
+                   "per_token": pick(per_token)}
         if opts.sync_profile:
             timings["stride_sync_durations"] = rec["sync_overhead"]
             timings["sync_overhead_s"] = float(sum(rec["sync_overhead"]))

@@ -61,7 +61,7 @@ class Orchestrator:
         gate = np.full(B, opts.gate_g, np.float64)
         cooldown = np.zeros(B, np.int64)
         rec = {"rollbacks": [], "stride_commit_events": [], "cadence_events": [], "gate_trace": [],
-               "per_token": [], "stride_durations": [], "sync_overhead": [], "memory": [], "events": [],
+               "token_log": [], "stride_durations": [], "sync_overhead": [], "memory": [],
                "coverage": [None] * B, "notes_versions": np.zeros(B, np.int64), "emissions": [[] for _ in range(B)]}
         v = 0
         while True:
@@ -104,9 +104,8 @@ class Orchestrator:
                 rec["sync_overhead"].append(sum(a["_total_s"] - a["_dispatch_s"] for a in {id(a): a for a in attempt.values()}.values()))
             readiness = {}
             round_tokens = max(1, sum(int(attempt[b]["produced"][b].sum()) for b in np.nonzero(active)[0]))
-            names, decode, token_text, eos = self.names, self.decode, self.token_text, self.eos
-            log_margins = opts.log_margins
-            per_token, events = rec["per_token"], rec["events"]
+            names, eos = self.names, self.eos
+            token_log = rec["token_log"]
             for b in np.nonzero(active)[0].tolist():
                 o = attempt[b]
                 prod = o["produced"][b]
@@ -123,23 +122,15 @@ class Orchestrator:
                 readiness[b] = r_b = float(_sigmoid(o["readiness"][b]))
                 rec["coverage"][b] = o["coverage"][b]
                 blocks[b].append({"stride_id": v, "committed": not forced[b], "forced": bool(forced[b]),
-                                  "retries": int(retries[b]), "token_ids": toks, "text": decode(toks)})
+                                  "retries": int(retries[b]), "token_ids": toks})
                 self._anneal(b, gate, cooldown, r_b, volatile=bool(retries[b] or forced[b]))
                 stream, prompt_index = names[b % K], b // K
                 rec["gate_trace"].append({"stride_index": v, "stream": stream, "prompt_index": prompt_index,
                                           "value": float(gate[b])})
-                per_tok = elapsed / round_tokens  # the round's time, shared by every token it committed
-                first = int(generated[b]) - n_toks
-                emitted, rolled_back, completed = bool(emit[b]), bool(retries[b]), bool(finished[b])
-                for i, t in enumerate(toks):
-                    per_token.append({"stride_index": v, "prompt_index": prompt_index, "stream": stream,
-                                      "token_index": first + i, "duration_s": per_tok,
-                                      **({"top2_margin": tok_margins[i]} if log_margins else {})})
-                    events.append({"prompt_index": prompt_index, "stream": stream, "token_id": t,
-                                   "token_text": token_text(t), "stride_index": v, "agreement": r_b,
-                                   "notes_emitted": emitted and i == n_toks - 1,
-                                   "rollback_performed": rolled_back, "stream_completed": completed,
-                                   "top2_margin": tok_margins[i]})
+                # Per-token records are expanded from this compact row only when a manifest or the
+                # JSONL stream asks (``token_records``): decoding itself never needs them.
+                token_log.append((v, prompt_index, stream, int(generated[b]) - n_toks, toks, tok_margins, r_b,
+                                  bool(emit[b]), bool(retries[b]), bool(finished[b]), elapsed / round_tokens))
             rolled = [self.names[b % K] for b in np.nonzero(active)[0] if retries[b]]
             for p in range(B // K):
                 rows = [b for b in range(p * K, p * K + K) if active[b]]
@@ -187,6 +178,24 @@ class Orchestrator:
             cooldown[b] -= 1
         else:
             gate[b] = min(g0, gate[b] + ga.recovery * g0)
+
+
+def token_records(rec: dict, token_text, log_margins: bool) -> tuple[list, list]:
+    """(per_token timings, per-token events) from a run record's compact token log."""
+    per_token, events = [], []
+    for (v, p, stream, first, toks, margins, r, emitted, rolled_back, completed, per_tok) in rec["token_log"]:
+        last = len(toks) - 1
+        for i, t in enumerate(toks):
+            timing = {"stride_index": v, "prompt_index": p, "stream": stream, "token_index": first + i,
+                      "duration_s": per_tok}
+            if log_margins:
+                timing["top2_margin"] = margins[i]
+            per_token.append(timing)
+            events.append({"prompt_index": p, "stream": stream, "token_id": t, "token_text": token_text(t),
+                           "stride_index": v, "agreement": r, "notes_emitted": emitted and i == last,
+                           "rollback_performed": rolled_back, "stream_completed": completed,
+                           "top2_margin": margins[i]})
+    return per_token, events
 
 
 def _rss() -> int:

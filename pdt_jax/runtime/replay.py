@@ -217,4 +217,5 @@ def replay(directory: str):
         raise ReplayError(f"replay diverged: {len(engine.calls) - engine.pos} recorded calls were never asked for")
     manifests = manifest_lib.build(rec, prompts=ctx["prompts"], stream_names=names, opts=opts, model_cfg=cfg,
                                    decode=decode, catalogs=catalogs, extra=dict(ctx.get("extra") or {}, replayed_from=directory))
-    return manifests, rec["events"]
+    from pdt_jax.runtime.orchestrator import token_records
+    return manifests, token_records(rec, orch.token_text, opts.log_margins)[1]

@@ -71,7 +71,8 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
         for m in out:
             m["replay_artifact"] = replay_dir
     if on_event:
-        for e in rec["events"]:
+        from pdt_jax.runtime.orchestrator import token_records
+        for e in token_records(rec, orch.token_text, opts.log_margins)[1]:
             on_event(e)
     return out
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pdt_jax.runtime.options import GateAnnealing, RuntimeOptions
-from pdt_jax.runtime.orchestrator import Orchestrator
+from pdt_jax.runtime.orchestrator import Orchestrator, token_records
 
 NAMES = ["stream_1", "stream_2", "stream_3"]
 
@@ -80,5 +80,7 @@ def test_finished_prompts_stop_reporting_commit_events():
 def test_per_token_durations_add_up_to_the_round_time():
     opts = RuntimeOptions(max_new_tokens=6)
     rec, _ = orchestrate([[HIGH] * 3] * 5, opts)
-    total = sum(t["duration_s"] for t in rec["per_token"])
+    per_token, events = token_records(rec, str, log_margins=False)
+    assert len(per_token) == len(events) == 18
+    total = sum(t["duration_s"] for t in per_token)
     assert total == pytest.approx(sum(rec["stride_durations"]), rel=1e-6)
