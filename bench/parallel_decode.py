@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench._timing import best_of  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
 from pdt_jax import model as pdt  # noqa: E402
 from pdt_jax.runtime.options import RuntimeOptions  # noqa: E402
@@ -29,15 +29,6 @@ from pdt_jax.runtime.run import run_pdt  # noqa: E402
 from pdt_jax.tokenizer import Tokenizer  # noqa: E402
 from pdt_jax.trunk import Trunk  # noqa: E402
 from pdt_jax.trunk.params import init_trunk  # noqa: E402
-
-
-def best_of(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench._timing import best_of  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
 from pdt_jax.trunk import Trunk, TrunkConfig  # noqa: E402
 from pdt_jax.trunk.hf_layout import hf_state_dict  # noqa: E402
@@ -38,15 +39,6 @@ def hf_model(trunk: Trunk):
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in hf_state_dict(trunk.params, trunk.cfg)}
     model.load_state_dict(state, strict=True)
     return model
-
-
-def time_call(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
@@ -71,7 +63,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         first = trunk.generate(prompts, args.new_tokens, eos_ids=[])  # compiles prefill + step
         compile_and_run = time.perf_counter() - t0
-        jax_s = time_call(lambda: trunk.generate(prompts, args.new_tokens, eos_ids=[]), args.repeats)
+        jax_s = best_of(lambda: trunk.generate(prompts, args.new_tokens, eos_ids=[]), args.repeats)
         ids = torch.tensor(prompts, dtype=torch.long)
 
         def hf_generate():
@@ -80,7 +72,7 @@ def main(argv=None):
                                       min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 
         hf_out = hf_generate()
-        hf_s = time_call(hf_generate, args.repeats)
+        hf_s = best_of(hf_generate, args.repeats)
         ours = np.asarray(first.tokens)
         agree = float(np.mean(hf_out[:, args.prompt_len:].numpy() == ours))
         # Free-running greedy texts part ways after the first near-tie between two logits (random

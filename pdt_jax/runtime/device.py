@@ -96,13 +96,11 @@ def _programs(static: eng.RoundStatic, alpha_blend: bool, max_len: int, slack: i
     return {
         "round": jax.jit(partial(_round_program, static), donate_argnums=(5, 6)),
         "reset_notes": jax.jit(eng.reset_notes),
-        "prefill": jax.jit(partial(eng.prefill_fn, cfg, alpha_blend, max_len, slack, moe_impl=static.moe_impl)),
         "start": jax.jit(partial(_start_program, cfg, alpha_blend, max_len, slack, static.moe_impl, bus_slack)),
         "publish": jax.jit(lambda bus, small, notes, stamp, rows: (
             bus_lib.publish(bus, notes, stamp, rows.reshape(bus.count.shape)), eng.reset_notes(small, rows))),
         "rollback": jax.jit(lambda bus, stamp, m: bus_lib.rollback_to(bus, stamp, m)),
         "restore": jax.jit(eng.restore_rows),
-        "snapshot": jax.jit(heads.plan_snapshot),
         "seed_vectors": jax.jit(partial(eng.pooled_text_vectors, cfg=cfg)),
     }
 
@@ -150,7 +148,7 @@ class DeviceEngine:
         self.slack = self.tau + 1
         self.max_len = max_len
         progs = _programs(self.static, opts.alpha < 1.0, max_len, self.slack, opts.max_retries + 1)
-        self._round, self._prefill, self._start_prog = progs["round"], progs["prefill"], progs["start"]
+        self._round, self._start_prog = progs["round"], progs["start"]
         self._reset_notes = progs["reset_notes"]
         # A publish waits for the next round (which applies it first, in the same dispatch) unless
         # something else reads the bus or the notes state before (``_flush``).
@@ -159,7 +157,7 @@ class DeviceEngine:
                                            np.int32(0)))
         self._publish, self._rollback_bus = progs["publish"], progs["rollback"]
         self._restore = progs["restore"]
-        self._snapshot_fn, self._seed_fn = progs["snapshot"], progs["seed_vectors"]
+        self._seed_fn = progs["seed_vectors"]
         self.key = jax.random.key_data(jax.random.key(opts.seed))  # raw: a typed key output costs a Python unflatten
 
     # ---- calls ---------------------------------------------------------------------------------
