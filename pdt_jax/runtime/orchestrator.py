@@ -44,9 +44,10 @@ class Orchestrator:
         self.token_text = functools.lru_cache(maxsize=65536)(lambda t: self.decode([t]))
         self.cadence = CadencePolicy(opts.cadence, self.names, block_size, opts.seed)
 
-    def run(self, ids, lengths, plan_ids=None, seed_vectors=None) -> dict:
+    def run(self, ids, lengths, plan_ids=None, seed_vectors=None, on_round=None) -> dict:
         """ids [P·K, T] prompt rows (stream-minor). Returns the run record (per-row results and
-        event lists); ``manifest.build`` turns it into one manifest per prompt."""
+        event lists); ``manifest.build`` turns it into one manifest per prompt. ``on_round(entries)``
+        receives each round's committed token-log entries as soon as the round is decided."""
         opts, K, tau = self.opts, self.K, self.tau
         t_start = time.perf_counter()
         start = self.engine.start(ids, lengths, plan_ids, seed_vectors)
@@ -106,6 +107,7 @@ class Orchestrator:
             round_tokens = max(1, sum(int(attempt[b]["produced"][b].sum()) for b in np.nonzero(active)[0]))
             names, eos = self.names, self.eos
             token_log = rec["token_log"]
+            log_start = len(token_log)
             for b in np.nonzero(active)[0].tolist():
                 o = attempt[b]
                 prod = o["produced"][b]
@@ -146,6 +148,8 @@ class Orchestrator:
             rec["stride_durations"].append(elapsed)
             if opts.memory_report:
                 rec["memory"].append({"stride_index": v, "rss_bytes": _rss(), **self.engine.memory_bytes()})
+            if on_round is not None:
+                on_round(token_log[log_start:])
             v += 1
         rec.update(start=start, committed=committed, margins=margins, blocks=blocks, finished=finished,
                    generated=generated, gate=gate, rounds=v, bootstrap_s=bootstrap_s,
@@ -180,10 +184,11 @@ class Orchestrator:
             gate[b] = min(g0, gate[b] + ga.recovery * g0)
 
 
-def token_records(rec: dict, token_text, log_margins: bool) -> tuple[list, list]:
-    """(per_token timings, per-token events) from a run record's compact token log."""
+def token_records(rec_or_entries, token_text, log_margins: bool) -> tuple[list, list]:
+    """(per_token timings, per-token events) from a run record's compact token log (or a slice of it)."""
     per_token, events = [], []
-    for (v, p, stream, first, toks, margins, r, emitted, rolled_back, completed, per_tok) in rec["token_log"]:
+    entries = rec_or_entries["token_log"] if isinstance(rec_or_entries, dict) else rec_or_entries
+    for (v, p, stream, first, toks, margins, r, emitted, rolled_back, completed, per_tok) in entries:
         last = len(toks) - 1
         for i, t in enumerate(toks):
             timing = {"stride_index": v, "prompt_index": p, "stream": stream, "token_index": first + i,

@@ -56,7 +56,14 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
     orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.sidecar.readiness_threshold,
                         model_cfg.trunk.eos_token_ids, decode=tokenizer.decode,
                         lag=model_cfg.sidecar.lag if opts.lag is None else opts.lag)
-    rec = orch.run(ids, lengths, plan_ids, seed_vectors)
+    on_round = None
+    if on_event:  # --stream-jsonl: each round's tokens as soon as the round is committed
+        from pdt_jax.runtime.orchestrator import token_records
+
+        def on_round(entries):
+            for e in token_records(entries, orch.token_text, opts.log_margins)[1]:
+                on_event(e)
+    rec = orch.run(ids, lengths, plan_ids, seed_vectors, on_round=on_round)
     catalogs = [catalog or [] for _ in prompts]
     out = manifest_lib.build(rec, prompts=prompts, stream_names=names, opts=opts, model_cfg=model_cfg,
                              decode=tokenizer.decode, catalogs=catalogs, extra=extra)
@@ -70,10 +77,6 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
         path = engine.finish(context, catalogs)
         for m in out:
             m["replay_artifact"] = replay_dir
-    if on_event:
-        from pdt_jax.runtime.orchestrator import token_records
-        for e in token_records(rec, orch.token_text, opts.log_margins)[1]:
-            on_event(e)
     return out
 
 

@@ -84,3 +84,14 @@ def test_per_token_durations_add_up_to_the_round_time():
     assert len(per_token) == len(events) == 18
     total = sum(t["duration_s"] for t in per_token)
     assert total == pytest.approx(sum(rec["stride_durations"]), rel=1e-6)
+
+
+def test_rounds_are_reported_as_they_are_decided():
+    opts = RuntimeOptions(max_new_tokens=6)
+    engine = ScriptedEngine(3, [[HIGH] * 3] * 5)
+    orch = Orchestrator(engine, NAMES, opts, 2, 0.5, eos_ids=[1])
+    seen = []
+    rec = orch.run(np.zeros((3, 4), np.int32), np.full(3, 4, np.int32),
+                   on_round=lambda entries: seen.append((len(engine.calls), len(entries))))
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # after each round's call, its three streams' entries
+    assert len(rec["token_log"]) == 9
