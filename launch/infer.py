@@ -10,10 +10,8 @@ without weights.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

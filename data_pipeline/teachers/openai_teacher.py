@@ -21,7 +21,7 @@ from typing import Any
 import openai
 
 from data_pipeline import prompts, schemas
-from data_pipeline.storage import dumps, fingerprint, read_json, write_json
+from data_pipeline.storage import fingerprint, read_json, write_json
 from data_pipeline.teachers.base import Teacher, TeacherError, Validator
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}

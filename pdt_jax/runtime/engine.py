@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from functools import partial
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pdt_jax import bus as bus_lib
 from pdt_jax import model as pdt

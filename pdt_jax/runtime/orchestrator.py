@@ -133,7 +133,6 @@ class Orchestrator:
                 # JSONL stream asks (``token_records``): decoding itself never needs them.
                 token_log.append((v, prompt_index, stream, int(generated[b]) - n_toks, toks, tok_margins, r_b,
                                   bool(emit[b]), bool(retries[b]), bool(finished[b]), elapsed / round_tokens))
-            rolled = [self.names[b % K] for b in np.nonzero(active)[0] if retries[b]]
             for p in range(B // K):
                 rows = [b for b in range(p * K, p * K + K) if active[b]]
                 if not rows:  # every stream of this prompt has finished

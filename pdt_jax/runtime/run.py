@@ -2,6 +2,7 @@
 ``launch/infer.py`` is a thin flag parser around these two functions."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from pdt_jax import records
 from pdt_jax.runtime import manifest as manifest_lib
 from pdt_jax.runtime.device import DeviceEngine
-from pdt_jax.runtime.orchestrator import Orchestrator
+from pdt_jax.runtime.orchestrator import Orchestrator, token_records
 from pdt_jax.runtime.replay import RecordingEngine
 from pdt_jax.trunk.api import bucket, pad_batch
 
@@ -28,7 +29,7 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
             extra=None, on_event=None) -> list[dict]:
     """P prompts × K streams in one batch. Returns one manifest per prompt."""
     names = model_cfg.sidecar.stream_names
-    K, P = len(names), len(prompts)
+    P = len(prompts)
     prefixes = stream_prefixes or {}
     rows = [tokenizer.prompt(p, system=system, prefix=prefixes.get(n, "")) for p in prompts for n in names]
     ids, lengths = pad_batch(rows, pad_id=tokenizer.pad_id)
@@ -56,33 +57,26 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
     orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.sidecar.readiness_threshold,
                         model_cfg.trunk.eos_token_ids, decode=tokenizer.decode,
                         lag=model_cfg.sidecar.lag if opts.lag is None else opts.lag)
-    on_round = None
-    if on_event:  # --stream-jsonl: each round's tokens as soon as the round is committed
-        from pdt_jax.runtime.orchestrator import token_records
 
-        def on_round(entries):
-            for e in token_records(entries, orch.token_text, opts.log_margins)[1]:
-                on_event(e)
-    rec = orch.run(ids, lengths, plan_ids, seed_vectors, on_round=on_round)
+    def on_round(entries):  # --stream-jsonl: each round's tokens as soon as the round is committed
+        for e in token_records(entries, orch.token_text, opts.log_margins)[1]:
+            on_event(e)
+
+    rec = orch.run(ids, lengths, plan_ids, seed_vectors, on_round=on_round if on_event else None)
     catalogs = [catalog or [] for _ in prompts]
     out = manifest_lib.build(rec, prompts=prompts, stream_names=names, opts=opts, model_cfg=model_cfg,
                              decode=tokenizer.decode, catalogs=catalogs, extra=extra)
     if replay_dir:
-        context = {"prompts": list(prompts), "streams": list(names), "options": _options_dict(opts),
+        context = {"prompts": list(prompts), "streams": list(names), "options": dataclasses.asdict(opts),
                    "model": {"notes_dim": model_cfg.sidecar.notes_dim, "hidden_size": model_cfg.trunk.hidden_size,
                              "lm_vocab_size": model_cfg.trunk.vocab_size, "trunk": model_cfg.trunk.to_mapping(),
                              "sidecar": model_cfg.sidecar.to_mapping()},
                    "tokenizer": tokenizer.source, **model_cfg.sidecar.hashing_metadata(), **manifest_lib.git_info(),
                    "extra": extra or {}}
-        path = engine.finish(context, catalogs)
+        engine.finish(context, catalogs)
         for m in out:
             m["replay_artifact"] = replay_dir
     return out
-
-
-def _options_dict(opts) -> dict:
-    import dataclasses
-    return dataclasses.asdict(opts)
 
 
 def run_sequential(trunk, tokenizer, prompts, opts, *, system=None, extra=None) -> list[dict]:

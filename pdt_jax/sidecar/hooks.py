@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 from pdt_jax.sidecar.adapters import adapter
 from pdt_jax.sidecar.snc import snc, snc_attend, snc_keys_values

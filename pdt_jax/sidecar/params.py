@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from pdt_jax.sidecar.config import SidecarConfig
 from pdt_jax.trunk.config import TrunkConfig
-from pdt_jax.trunk.params import ParamSpec, normal, ones, zeros
+from pdt_jax.trunk.params import ParamSpec, normal, zeros
 
 
 def constant(value: float):

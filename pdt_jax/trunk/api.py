@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 
@@ -16,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdt_jax import sampling
-from pdt_jax.trunk import cache as kv
 from pdt_jax.trunk import model
 from pdt_jax.trunk.config import ConfigError, TrunkConfig
 from pdt_jax.trunk.hf_layout import CheckpointError, load_hf_params, read_hf_config
@@ -63,7 +61,6 @@ class Trunk:
         self.params = params
         self.moe_impl = moe_impl
         self._prefill = jax.jit(partial(self._prefill_fn, cfg, moe_impl), static_argnames=("max_len",))
-        self._step = jax.jit(partial(self._step_fn, cfg, moe_impl), donate_argnums=(1,))
         self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0,), donate_argnums=(2,))
         self._logits = jax.jit(partial(self._logits_fn, cfg, moe_impl))
 
@@ -116,11 +113,6 @@ class Trunk:
         hidden, cache = model.prefill(params, ids, lengths, cfg=cfg, max_len=max_len, moe_impl=moe_impl)
         last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)
         return model.unembed(params, last)[:, 0], cache
-
-    @staticmethod
-    def _step_fn(cfg, moe_impl, params, cache, token_B, active_B):
-        hidden, cache = model.extend(params, token_B[:, None], cache, cfg=cfg, active_B=active_B, moe_impl=moe_impl)
-        return model.unembed(params, hidden)[:, 0], cache
 
     @staticmethod
     def _decode_fn(cfg, moe_impl, top_k, params, cache, logits, active, key, eos, temperature, top_p):

@@ -8,7 +8,6 @@ import torch
 from safetensors.numpy import load_file
 
 from converters import gpt_oss
-from pdt_jax.trunk import Trunk
 from pdt_jax.trunk.checkpoint import load_converted
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pdt_jax.trunk import Trunk, TrunkConfig, init_cache
+from pdt_jax.trunk import Trunk, TrunkConfig
 from pdt_jax.trunk import cache as kv
 from pdt_jax.trunk import model
 
