@@ -10,3 +10,15 @@ def best_of(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def best_of_interleaved(fns: dict, repeats: int) -> dict:
+    """``best_of`` for several contenders, called in turn (a, b, c, a, b, c, ...) so that a slow
+    phase of a shared machine hits all of them alike. Returns {name: fastest seconds}."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best

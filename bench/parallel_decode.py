@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from bench._timing import best_of  # noqa: E402
+from bench._timing import best_of_interleaved  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
 from pdt_jax import model as pdt  # noqa: E402
 from pdt_jax.runtime.options import RuntimeOptions  # noqa: E402
@@ -34,7 +34,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/model/pdt.py:tiny")
     ap.add_argument("--new-tokens", type=int, default=256, help="per stream")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -46,23 +46,28 @@ def main(argv=None):
     prompt = "Tell me some facts about Velmora."
     N, K = args.new_tokens, cfg.K
     opts = RuntimeOptions(max_new_tokens=N, readiness_threshold=0.0)
-    pdt_run = lambda: run_pdt(cfg, trunk_p, side_p, tok, [prompt], opts)
-    m = pdt_run()[0]  # compile
-    pdt_s = best_of(pdt_run, args.repeats)
+    trunk = Trunk(cfg.trunk, trunk_p)
+    ids = tok.prompt(prompt)
+    runs = []  # each PDT run's own timings
+
+    def pdt_run():
+        m = run_pdt(cfg, trunk_p, side_p, tok, [prompt], opts)[0]
+        runs.append(m["timings"])
+        return m
+
+    seq = lambda: trunk.generate([ids], K * N, eos_ids=[])
+    batched = lambda: trunk.generate([ids] * K, N, eos_ids=[])
+    m = pdt_run()  # compile
+    seq(), batched()
+    runs.clear()
+    best = best_of_interleaved({"pdt": pdt_run, "seq": seq, "batched": batched}, args.repeats)
+    pdt_s, seq_s, batched_s = best["pdt"], best["seq"], best["batched"]
     # Decoding alone (prefill + rounds + commit logic), without writing the manifest: the
-    # orchestrator's total. (Its stride durations end before each round's commit bookkeeping, so
-    # bootstrap + strides leaves that host work out; it is reported too, as pdt_rounds_wall_s.)
-    runs = [pdt_run()[0]["timings"] for _ in range(args.repeats)]
+    # orchestrator's total. (Its stride durations end before each round's records are written,
+    # so bootstrap + strides leaves that host work out; it is reported too, as pdt_rounds_wall_s.)
     decode_s = min(t["total"] for t in runs)
     rounds_s = min(sum(t["stride_durations"]) + t["bootstrap"] for t in runs)
     produced = sum(s["num_tokens"] for s in m["streams"].values())
-
-    trunk = Trunk(cfg.trunk, trunk_p)
-    ids = tok.prompt(prompt)
-    seq = lambda: trunk.generate([ids], K * N, eos_ids=[])
-    batched = lambda: trunk.generate([ids] * K, N, eos_ids=[])
-    seq(), batched()  # compile
-    seq_s, batched_s = best_of(seq, args.repeats), best_of(batched, args.repeats)
 
     r = {"config": args.config, "streams": K, "tokens_per_stream": N, "tokens_total": produced,
          "block_size": cfg.sidecar.block_size, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),

@@ -1,5 +1,5 @@
 """``DeviceEngine``: owns the device state of a batch of P prompts × K streams and exposes the
-handful of calls the orchestrator makes (start, round, publish, rollback). Every call is one
+handful of calls the orchestrator makes (start, submit → fetch a round, publish, rollback). Every call is one
 compiled program; shapes are fixed per (P, prompt bucket), so rounds, retries and prompts of the
 same padded shape never recompile."""
 from __future__ import annotations
@@ -179,7 +179,9 @@ class DeviceEngine:
         return {"plan_ids": np.asarray(plan_ids), "planner_logits": np.asarray(planner), "plan_source": source,
                 "snapshot0": np.asarray(snap)}
 
-    def round(self, window_round: int, active: np.ndarray, remaining: np.ndarray, gate: np.ndarray) -> dict:
+    def submit(self, window_round: int, active: np.ndarray, remaining: np.ndarray, gate: np.ndarray):
+        """Dispatches one round and returns at once; calling the returned function waits for the
+        round's results (a dict of numpy arrays). The host can work in between."""
         pending, self._pending = self._pending, None
         # Rollback returns rows to the state after the pending publish (which resets their notes).
         self._start = (self.small, None if pending is None else pending[0])
@@ -195,10 +197,17 @@ class DeviceEngine:
             self.frozen = window  # the first window ever read; the freeze streams keep reading it
             self._cf = dict(self._cf, frozen=window, freeze=jnp.asarray(self.cf_base["freeze"]))
         sc = self.cfg.sidecar
-        result = _unpack(np.asarray(floats), np.asarray(ints), self.tau, sc.notes_dim, sc.planner_slots)
-        result["_dispatch_s"] = dispatch
-        result["_total_s"] = time.perf_counter() - t0
-        return result
+
+        def fetch() -> dict:
+            t1 = time.perf_counter()
+            result = _unpack(np.asarray(floats), np.asarray(ints), self.tau, sc.notes_dim, sc.planner_slots)
+            result["_dispatch_s"] = dispatch
+            result["_wait_s"] = time.perf_counter() - t1  # blocked on the device (plus the unpack)
+            return result
+        return fetch
+
+    def round(self, window_round: int, active: np.ndarray, remaining: np.ndarray, gate: np.ndarray) -> dict:
+        return self.submit(window_round, active, remaining, gate)()
 
     def publish(self, rows: np.ndarray, notes: np.ndarray, stamp: int) -> None:
         self._flush()

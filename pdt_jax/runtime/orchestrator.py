@@ -1,7 +1,8 @@
 """The host side of a PDT run: rounds, commit / selective rollback, cadence, gate annealing, EOS,
 telemetry. It talks to an engine (``DeviceEngine``, or ``ReplayEngine`` which serves recorded
-tensors) through four calls, and every decision it makes depends only on what those calls return,
-the options and a seeded generator — which is what makes CPU replay exact.
+tensors) through four calls (start; submit, which dispatches a round and returns the function that
+fetches its results; publish; rollback), and every decision it makes depends only on what those
+calls return, the options and a seeded generator — which is what makes CPU replay exact.
 
 Per round v (ARCHITECTURE.md data flow "Infer"):
   1. ``round``: every active row decodes up to τ tokens reading its window at round v, and returns
@@ -14,6 +15,8 @@ Per round v (ARCHITECTURE.md data flow "Infer"):
      block is force-committed and recorded as such.
   4. Everything left is committed; a stream that wrote EOS (or reached max_new_tokens) stops, the
      others go on. Gate annealing lowers g for streams whose block was volatile and lets it recover.
+  5. Round v + 1 is dispatched now, and round v's records (token log, blocks, gate trace, commit
+     events, the ``on_round`` callback) are written while the device decodes it.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ class Orchestrator:
         """ids [P·K, T] prompt rows (stream-minor). Returns the run record (per-row results and
         event lists); ``manifest.build`` turns it into one manifest per prompt. ``on_round(entries)``
         receives each round's committed token-log entries as soon as the round is decided."""
-        opts, K, tau = self.opts, self.K, self.tau
+        opts, K = self.opts, self.K
         t_start = time.perf_counter()
         start = self.engine.start(ids, lengths, plan_ids, seed_vectors)
         B = ids.shape[0]
@@ -65,19 +68,19 @@ class Orchestrator:
                "token_log": [], "stride_durations": [], "sync_overhead": [], "memory": [],
                "coverage": [None] * B, "notes_versions": np.zeros(B, np.int64), "emissions": [[] for _ in range(B)]}
         v = 0
-        while True:
-            active = ~finished & (generated < opts.max_new_tokens)
-            if not active.any():
-                break
-            remaining = np.minimum(tau, opts.max_new_tokens - generated).astype(np.int32)
-            t0 = time.perf_counter()
-            out = self.engine.round(v, active, remaining, gate)
+        # Round v + 1 is dispatched as soon as round v's decisions are made, before round v's
+        # records are written, so that host bookkeeping overlaps the device's next round.
+        nxt = self._submit(v, finished, generated, gate)
+        while nxt is not None:
+            fetch, active, remaining, t0 = nxt
+            out = fetch()
             attempt = {b: out for b in np.nonzero(active)[0]}
             retries = np.zeros(B, np.int64)
             emit = self._cadence(out, active, since_note, v, rec["cadence_events"])
             self._publish(out, active & emit, v)
             pending = active & (_sigmoid(out["readiness"]) < self.gamma)
             forced = np.zeros(B, bool)
+            waits = [out["_wait_s"]]
             while pending.any():
                 can_retry = pending & (retries < opts.max_retries)
                 forced |= pending & ~can_retry
@@ -95,58 +98,65 @@ class Orchestrator:
                 retries += can_retry
                 # The fresher window: read at the horizon where the notes just published (stamp v + 1)
                 # are visible whatever Δ is, so the retry sees its siblings' notes of the failed block.
-                out_r = self.engine.round(v + 1 + self.lag, can_retry, remaining, gate)
+                out_r = self.engine.submit(v + 1 + self.lag, can_retry, remaining, gate)()
+                waits.append(out_r["_wait_s"])
                 for b in np.nonzero(can_retry)[0]:
                     attempt[b] = out_r
                 self._publish(out_r, can_retry & emit, v)
                 pending = can_retry & (_sigmoid(out_r["readiness"]) < self.gamma)
+            # What the next round depends on: tokens, EOS, counters, the annealed gate.
+            rows = np.nonzero(active)[0].tolist()
+            toks, readiness = {}, {}
+            for b in rows:
+                o = attempt[b]
+                toks[b] = o["tokens"][b][o["produced"][b]].tolist()
+                generated[b] += len(toks[b])
+                since_note[b] = 0 if emit[b] else since_note[b] + len(toks[b])
+                if any(t in self.eos for t in toks[b]):
+                    finished[b] = True
+                readiness[b] = float(_sigmoid(o["readiness"][b]))
+                self._anneal(b, gate, cooldown, readiness[b], volatile=bool(retries[b] or forced[b]))
             elapsed = time.perf_counter() - t0
+            if opts.memory_report:  # measured before the next round changes the state
+                rec["memory"].append({"stride_index": v, "rss_bytes": _rss(), **self.engine.memory_bytes()})
+            nxt = self._submit(v + 1, finished, generated, gate)
+            # The records of round v, while the device runs round v + 1.
             if opts.sync_profile:
-                rec["sync_overhead"].append(sum(a["_total_s"] - a["_dispatch_s"] for a in {id(a): a for a in attempt.values()}.values()))
-            readiness = {}
-            round_tokens = max(1, sum(int(attempt[b]["produced"][b].sum()) for b in np.nonzero(active)[0]))
-            names, eos = self.names, self.eos
+                rec["sync_overhead"].append(float(sum(waits)))
+            round_tokens = max(1, sum(len(toks[b]) for b in rows))
+            names = self.names
             token_log = rec["token_log"]
             log_start = len(token_log)
-            for b in np.nonzero(active)[0].tolist():
+            for b in rows:
                 o = attempt[b]
-                prod = o["produced"][b]
-                toks = o["tokens"][b][prod].tolist()
-                tok_margins = o["margins"][b][prod].tolist()
-                committed[b] += toks
+                tok_margins = o["margins"][b][o["produced"][b]].tolist()
+                committed[b] += toks[b]
                 margins[b] += tok_margins
-                n_toks = len(toks)
-                generated[b] += n_toks
-                since_note[b] = 0 if emit[b] else since_note[b] + n_toks
+                n_toks = len(toks[b])
                 rec["notes_versions"][b] += int(emit[b])  # a rolled-back note was removed and re-written
-                if any(t in eos for t in toks):
-                    finished[b] = True
-                readiness[b] = r_b = float(_sigmoid(o["readiness"][b]))
                 rec["coverage"][b] = o["coverage"][b]
                 blocks[b].append({"stride_id": v, "committed": not forced[b], "forced": bool(forced[b]),
-                                  "retries": int(retries[b]), "token_ids": toks})
-                self._anneal(b, gate, cooldown, r_b, volatile=bool(retries[b] or forced[b]))
+                                  "retries": int(retries[b]), "token_ids": toks[b]})
                 stream, prompt_index = names[b % K], b // K
                 rec["gate_trace"].append({"stride_index": v, "stream": stream, "prompt_index": prompt_index,
                                           "value": float(gate[b])})
                 # Per-token records are expanded from this compact row only when a manifest or the
                 # JSONL stream asks (``token_records``): decoding itself never needs them.
-                token_log.append((v, prompt_index, stream, int(generated[b]) - n_toks, toks, tok_margins, r_b,
-                                  bool(emit[b]), bool(retries[b]), bool(finished[b]), elapsed / round_tokens))
+                token_log.append((v, prompt_index, stream, int(generated[b]) - n_toks, toks[b], tok_margins,
+                                  readiness[b], bool(emit[b]), bool(retries[b]), bool(finished[b]),
+                                  elapsed / round_tokens))
             for p in range(B // K):
-                rows = [b for b in range(p * K, p * K + K) if active[b]]
-                if not rows:  # every stream of this prompt has finished
+                prows = [b for b in range(p * K, p * K + K) if active[b]]
+                if not prows:  # every stream of this prompt has finished
                     continue
                 rec["stride_commit_events"].append({
                     "prompt_index": p, "stride_id": v, "commit_id": f"stride-{v:04d}-commit-{p:04d}",
-                    "committed": all(not retries[b] and not forced[b] for b in rows),
-                    "min_readiness": min(readiness[b] for b in rows) if rows else None,
-                    "readiness_by_stream": {self.names[b % K]: readiness[b] for b in rows},
-                    "rolled_back_streams": [self.names[b % K] for b in rows if retries[b]],
-                    "forced_commit_streams": [self.names[b % K] for b in rows if forced[b]]})
+                    "committed": all(not retries[b] and not forced[b] for b in prows),
+                    "min_readiness": min(readiness[b] for b in prows),
+                    "readiness_by_stream": {self.names[b % K]: readiness[b] for b in prows},
+                    "rolled_back_streams": [self.names[b % K] for b in prows if retries[b]],
+                    "forced_commit_streams": [self.names[b % K] for b in prows if forced[b]]})
             rec["stride_durations"].append(elapsed)
-            if opts.memory_report:
-                rec["memory"].append({"stride_index": v, "rss_bytes": _rss(), **self.engine.memory_bytes()})
             if on_round is not None:
                 on_round(token_log[log_start:])
             v += 1
@@ -154,6 +164,15 @@ class Orchestrator:
                    generated=generated, gate=gate, rounds=v, bootstrap_s=bootstrap_s,
                    total_s=time.perf_counter() - t_start)
         return rec
+
+    def _submit(self, v, finished, generated, gate):
+        """Dispatches round v for every row still decoding; None when none is left."""
+        active = ~finished & (generated < self.opts.max_new_tokens)
+        if not active.any():
+            return None
+        remaining = np.minimum(self.tau, self.opts.max_new_tokens - generated).astype(np.int32)
+        t0 = time.perf_counter()
+        return self.engine.submit(v, active, remaining, gate.copy()), active, remaining, t0
 
     def _cadence(self, out, active, since_note, v, events) -> np.ndarray:
         emit = np.zeros(len(active), bool)

@@ -42,6 +42,7 @@ class RecordingEngine:
         os.makedirs(directory, exist_ok=True)
         self.calls: list[dict] = []
         self._rounds: list[dict] = []
+        self._round_calls = 0
         self._chunks = 0
 
     def __getattr__(self, name):  # memory_bytes, bus_state, ...
@@ -61,17 +62,22 @@ class RecordingEngine:
                            "planner_logits_shape": list(logits.shape)})
         return out
 
-    def round(self, window_round, active, remaining, gate):
-        out = self.engine.round(window_round, active, remaining, gate)
-        index = len([c for c in self.calls if c["call"] == "round"])
+    def submit(self, window_round, active, remaining, gate):
+        fetch = self.engine.submit(window_round, active, remaining, gate)
+        index = self._round_calls
+        self._round_calls += 1
         self.calls.append({"call": "round", "index": index, "window_round": int(window_round),
                            "active": np.asarray(active).tolist(), "remaining": np.asarray(remaining).tolist(),
                            "gate": np.asarray(gate, np.float64).tolist(),
                            "chunk": f"rounds-{index // self.chunk_size:04d}.npz", "offset": index % self.chunk_size})
-        self._rounds.append({k: out[k] for k in ROUND_KEYS})
-        if len(self._rounds) == self.chunk_size:
-            self._flush()
-        return out
+
+        def fetch_and_record():
+            out = fetch()
+            self._rounds.append({k: out[k] for k in ROUND_KEYS})
+            if len(self._rounds) == self.chunk_size:
+                self._flush()
+            return out
+        return fetch_and_record
 
     def _flush(self):
         if self._rounds:
@@ -152,7 +158,7 @@ class ReplayEngine:
         return {"plan_ids": start["plan_ids"], "snapshot0": start["snapshot0"], "plan_source": call["plan_source"],
                 "planner_logits": logits.reshape(call["planner_logits_shape"])}
 
-    def round(self, window_round, active, remaining, gate):
+    def submit(self, window_round, active, remaining, gate):
         call = self._next("round")
         asked = {"window_round": int(window_round), "active": np.asarray(active).tolist(),
                  "remaining": np.asarray(remaining).tolist()}
@@ -163,8 +169,8 @@ class ReplayEngine:
             raise ReplayError(f"replay diverged at round call {call['index']}: gate recorded {call['gate']}, asked {list(gate)}")
         chunk = self._load(call["chunk"])
         out = {k: chunk[k][call["offset"]] for k in ROUND_KEYS}
-        out["_dispatch_s"] = out["_total_s"] = 0.0
-        return out
+        out["_dispatch_s"] = out["_wait_s"] = 0.0
+        return lambda: out
 
     def publish(self, rows, notes, stamp):
         call = self._next("publish")

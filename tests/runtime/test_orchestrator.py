@@ -14,12 +14,13 @@ class ScriptedEngine:
 
     def __init__(self, B, script, tau=2, eos_at=None):
         self.B, self.script, self.tau, self.calls, self.eos_at = B, script, tau, [], eos_at or {}
+        self.fetched = 0
 
     def start(self, ids, lengths, plan_ids, seed_vectors):
         return {"plan_ids": np.zeros((self.B // 3, 4), np.int32), "planner_logits": np.zeros((self.B // 3, 4, 8)),
                 "plan_source": "model", "snapshot0": np.zeros((self.B // 3, 8))}
 
-    def round(self, window_round, active, remaining, gate):
+    def submit(self, window_round, active, remaining, gate):
         n = len(self.calls)
         self.calls.append({"window_round": window_round, "active": active.copy(), "gate": np.array(gate)})
         produced = np.stack([(np.arange(self.tau) < remaining[b]) & active[b] for b in range(self.B)])
@@ -28,10 +29,15 @@ class ScriptedEngine:
             if sum(c["active"][b] for c in self.calls) - 1 == r:
                 tokens[b, 0] = 1  # EOS
         r = np.asarray(self.script[min(n, len(self.script) - 1)], np.float64)
-        return {"tokens": tokens, "produced": produced, "margins": np.zeros((self.B, self.tau)),
-                "note": np.zeros((self.B, 8)), "coverage": np.zeros((self.B, 4)), "readiness": r,
-                "window_size": np.ones(self.B, np.int32), "attended_delta": np.zeros(self.B),
-                "_dispatch_s": 0.0, "_total_s": 0.0}
+        out = {"tokens": tokens, "produced": produced, "margins": np.zeros((self.B, self.tau)),
+               "note": np.zeros((self.B, 8)), "coverage": np.zeros((self.B, 4)), "readiness": r,
+               "window_size": np.ones(self.B, np.int32), "attended_delta": np.zeros(self.B),
+               "_dispatch_s": 0.0, "_wait_s": 0.0}
+
+        def fetch():
+            self.fetched += 1
+            return out
+        return fetch
 
     def publish(self, rows, notes, stamp):
         pass
@@ -92,6 +98,8 @@ def test_rounds_are_reported_as_they_are_decided():
     orch = Orchestrator(engine, NAMES, opts, 2, 0.5, eos_ids=[1])
     seen = []
     rec = orch.run(np.zeros((3, 4), np.int32), np.full(3, 4, np.int32),
-                   on_round=lambda entries: seen.append((len(engine.calls), len(entries))))
-    assert seen == [(1, 3), (2, 3), (3, 3)]  # after each round's call, its three streams' entries
+                   on_round=lambda entries: seen.append((len(engine.calls), engine.fetched, len(entries))))
+    # Round v's three entries arrive once it is decided: the next round is already dispatched
+    # (the host writes records while the device works) but its results are not awaited yet.
+    assert seen == [(2, 1, 3), (3, 2, 3), (3, 3, 3)]
     assert len(rec["token_log"]) == 9

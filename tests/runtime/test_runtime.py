@@ -52,10 +52,14 @@ class Spy:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def round(self, *a):
-        out = self.engine.round(*a)
-        self.rounds.append(out)
-        return out
+    def submit(self, *a):
+        fetch = self.engine.submit(*a)
+
+        def spied():
+            out = fetch()
+            self.rounds.append(out)
+            return out
+        return spied
 
 
 def run(model, opts, prompts=PROMPTS, side=None, cfg=None, spy=False, **kw):
