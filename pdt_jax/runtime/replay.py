@@ -79,6 +79,9 @@ class RecordingEngine:
             return out
         return fetch_and_record
 
+    def round(self, window_round, active, remaining, gate):  # recorded too (not forwarded past us)
+        return self.submit(window_round, active, remaining, gate)()
+
     def _flush(self):
         if self._rounds:
             stacked = {k: np.stack([r[k] for r in self._rounds]) for k in ROUND_KEYS}
@@ -171,6 +174,9 @@ class ReplayEngine:
         out = {k: chunk[k][call["offset"]] for k in ROUND_KEYS}
         out["_dispatch_s"] = out["_wait_s"] = 0.0
         return lambda: out
+
+    def round(self, window_round, active, remaining, gate):
+        return self.submit(window_round, active, remaining, gate)()
 
     def publish(self, rows, notes, stamp):
         call = self._next("publish")
