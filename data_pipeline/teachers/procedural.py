@@ -32,6 +32,16 @@ def balanced_partition(lengths: list[int], parts: int) -> list[tuple[int, int]]:
     return groups[::-1]
 
 
+def _checked(answer: dict, validate: Validator, what: str) -> dict:
+    """The answer, after the stage's schema check (when given) turned a failure into a TeacherError."""
+    if validate is not None:
+        try:
+            validate(answer)
+        except ValueError as e:
+            raise TeacherError(f"procedural {what} invalid: {e}") from None
+    return answer
+
+
 class ProceduralTeacher(Teacher):
     name = "procedural"
     coverage_method = "section_structure"
@@ -66,12 +76,7 @@ class ProceduralTeacher(Teacher):
                 "section_start": start, "section_end": end,
             })
         answer = {"streams": streams}
-        if validate is not None:
-            try:
-                validate(answer)
-            except ValueError as e:
-                raise TeacherError(f"procedural plan invalid: {e}") from None
-        return answer
+        return _checked(answer, validate, "plan")
 
     def notes(self, doc: dict, plan: dict, stream_index: int, stream_text: str,
               validate: Validator) -> dict:
@@ -97,9 +102,4 @@ class ProceduralTeacher(Teacher):
                          for n, i in ids.items()],
             "facts": facts, "coverage": coverage,
         }
-        if validate is not None:
-            try:
-                validate(answer)
-            except ValueError as e:
-                raise TeacherError(f"procedural notes invalid: {e}") from None
-        return answer
+        return _checked(answer, validate, "notes")
