@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     a("--log-margins", action="store_true")
     a("--memory-report", action="store_true")
     a("--sync-profile", action="store_true")
+    a("--no-run-ahead", action="store_true",
+      help="wait for each round's decisions before dispatching the next (default: dispatch one round ahead)")
     a("--cf-swap", action="append", default=[], metavar="A:B")
     a("--cf-shuffle", action="append", default=[], metavar="STREAM")
     a("--cf-freeze", action="append", default=[], metavar="STREAM")

@@ -22,11 +22,20 @@ class CadencePolicy:
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
 
+    @property
+    def predictable(self) -> bool:
+        """Deterministic cadence: a decision depends on the token count only (``predict``)."""
+        return self.cfg.mode == "deterministic"
+
+    def predict(self, stream: str, tokens_since: int) -> bool:
+        """What ``decide`` will answer in deterministic mode, without recording anything."""
+        return tokens_since >= self.every[stream]
+
     def decide(self, stream: str, tokens_since: int, produced: int, agreement: float) -> dict:
         """Returns the decision record (also the manifest's cadence event)."""
         M = self.every[stream]
-        if self.cfg.mode == "deterministic":
-            emit = tokens_since >= M
+        if self.predictable:
+            emit = self.predict(stream, tokens_since)
             return {"mode": "deterministic", "emitted": bool(emit), "tokens_since": tokens_since, "M": M,
                     "forced": False, "reason": "every_M" if emit else "waiting"}
         forced = self.cfg.max_interval > 0 and tokens_since >= self.cfg.max_interval

@@ -56,7 +56,8 @@ def options_from(args, streams) -> RuntimeOptions:
         gate_annealing=GateAnnealing(enabled=not args.no_gate_annealing),
         counterfactuals=Counterfactuals(ablate=tuple(args.cf_ablate), swap=tuple(swap), shuffle=tuple(args.cf_shuffle),
                                         freeze=tuple(args.cf_freeze), stale=tuple(stale), tag=args.cf_tag),
-        log_margins=args.log_margins, sync_profile=args.sync_profile, memory_report=args.memory_report)
+        log_margins=args.log_margins, sync_profile=args.sync_profile, memory_report=args.memory_report,
+        run_ahead=not args.no_run_ahead)
 
 
 def load_model(args):

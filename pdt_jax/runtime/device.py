@@ -1,7 +1,7 @@
 """``DeviceEngine``: owns the device state of a batch of P prompts × K streams and exposes the
-handful of calls the orchestrator makes (start, submit → fetch a round, publish, rollback). Every call is one
-compiled program; shapes are fixed per (P, prompt bucket), so rounds, retries and prompts of the
-same padded shape never recompile."""
+handful of calls the orchestrator makes (start, submit → fetch a round, publish, rollback,
+mark/revert). Every call that computes is one compiled program; shapes are fixed per (P, prompt
+bucket), so rounds, retries and prompts of the same padded shape never recompile."""
 from __future__ import annotations
 
 import functools
@@ -34,12 +34,18 @@ _FLOAT_FIELDS = ("margins", "note", "coverage", "readiness", "attended_delta")
 _INT_FIELDS = ("tokens", "produced", "window_size")
 
 
-def _round_program(static: eng.RoundStatic, pub_rows, pub_notes, pub_stamp, trunk_p, side_p, cache, base_cache,
+def _publish(bus, small, stamp, rows_PxK):
+    """The selected rows publish their latest provisional note (kept on device) with ``stamp``."""
+    P, K = rows_PxK.shape
+    bus = bus_lib.publish(bus, small.note.reshape(P, K, -1), stamp, rows_PxK)
+    return bus, eng.reset_notes(small, rows_PxK.reshape(-1))
+
+
+def _round_program(static: eng.RoundStatic, pub_rows, pub_stamp, trunk_p, side_p, cache, base_cache,
                    small, bus, *args):
     """One round in one dispatch: first the publish the host asked for after the previous round
     (rows all False = none: an exact no-op), then ``engine.round_fn``; the outputs packed by dtype."""
-    bus = bus_lib.publish(bus, pub_notes, pub_stamp, pub_rows)
-    small = eng.reset_notes(small, pub_rows.reshape(-1))
+    bus, small = _publish(bus, small, pub_stamp, pub_rows)
     *args, key_data, cf = args
     cache, base_cache, small, key, out, window = eng.round_fn(static, trunk_p, side_p, cache, base_cache, small, bus,
                                                               *args, jax.random.wrap_key_data(key_data), cf)
@@ -94,11 +100,10 @@ def _programs(static: eng.RoundStatic, alpha_blend: bool, max_len: int, slack: i
     of prompts with the same padded shape reuses them."""
     cfg = static.cfg
     return {
-        "round": jax.jit(partial(_round_program, static), donate_argnums=(5, 6)),
+        "round": jax.jit(partial(_round_program, static), donate_argnums=(4, 5)),
         "reset_notes": jax.jit(eng.reset_notes),
         "start": jax.jit(partial(_start_program, cfg, alpha_blend, max_len, slack, static.moe_impl, bus_slack)),
-        "publish": jax.jit(lambda bus, small, notes, stamp, rows: (
-            bus_lib.publish(bus, notes, stamp, rows.reshape(bus.count.shape)), eng.reset_notes(small, rows))),
+        "publish": jax.jit(_publish),
         "rollback": jax.jit(lambda bus, stamp, m: bus_lib.rollback_to(bus, stamp, m)),
         "restore": jax.jit(eng.restore_rows),
         "seed_vectors": jax.jit(partial(eng.pooled_text_vectors, cfg=cfg)),
@@ -144,8 +149,9 @@ class DeviceEngine:
         # Scalars fixed for the engine's life, on device once.
         self._lag, self._alpha, self._temperature, self._top_p = jax.device_put(
             (np.int32(self.lag), np.float32(opts.alpha), np.float32(opts.temperature), np.float32(opts.top_p)))
-        # Rollback reaches back one block (plus retries of it); the ring slack covers it.
-        self.slack = self.tau + 1
+        # Rollback reaches back one block (plus retries of it), or two when a round dispatched ahead
+        # is reverted and then the block before it rolled back; the ring slack covers it.
+        self.slack = 2 * self.tau + 1
         self.max_len = max_len
         progs = _programs(self.static, opts.alpha < 1.0, max_len, self.slack, opts.max_retries + 1)
         self._round, self._start_prog = progs["round"], progs["start"]
@@ -153,8 +159,8 @@ class DeviceEngine:
         # A publish waits for the next round (which applies it first, in the same dispatch) unless
         # something else reads the bus or the notes state before (``_flush``).
         self._pending = None
-        self._no_publish = jax.device_put((np.zeros((self.P, K), bool), np.zeros((self.P, K, sc.notes_dim), np.float32),
-                                           np.int32(0)))
+        self._no_publish = jax.device_put((np.zeros((self.P, K), bool), np.int32(0)))
+        self._mark = None
         self._publish, self._rollback_bus = progs["publish"], progs["rollback"]
         self._restore = progs["restore"]
         self._seed_fn = progs["seed_vectors"]
@@ -209,16 +215,34 @@ class DeviceEngine:
     def round(self, window_round: int, active: np.ndarray, remaining: np.ndarray, gate: np.ndarray) -> dict:
         return self.submit(window_round, active, remaining, gate)()
 
-    def publish(self, rows: np.ndarray, notes: np.ndarray, stamp: int) -> None:
+    def publish(self, rows: np.ndarray, stamp: int) -> None:
+        """The selected rows publish the note of their latest round (it never leaves the device)."""
         self._flush()
-        self._pending = (np.asarray(rows, bool).reshape(self.P, self.K),
-                         np.asarray(notes, np.float32).reshape(self.P, self.K, -1), np.int32(stamp))
+        self._pending = (np.asarray(rows, bool).reshape(self.P, self.K), np.int32(stamp))
 
     def _flush(self) -> None:
         if self._pending is not None:
-            rows, notes, stamp = self._pending
+            rows, stamp = self._pending
             self._pending = None
-            self.bus, self.small = self._publish(self.bus, self.small, notes, stamp, rows.reshape(-1))
+            self.bus, self.small = self._publish(self.bus, self.small, stamp, rows)
+
+    def mark(self) -> None:
+        """Remembers the current state; ``revert`` returns to it, undoing every publish and round
+        since (the orchestrator dispatches a round ahead of its decisions and reverts when they
+        differ from what it assumed). Costs nothing: the state is immutable arrays, and a cache
+        only needs its lengths back (slots past a row's length are never read; the sliding ring's
+        slack keeps what a later rollback needs)."""
+        self._flush()
+        self._mark = (self.small, self.bus, self.key, self._start, self._pending, self.frozen, self._cf)
+
+    def revert(self) -> None:
+        if self._mark is None:
+            raise RuntimeError("DeviceEngine.revert() without a mark()")
+        (self.small, self.bus, self.key, self._start, self._pending, self.frozen, self._cf), self._mark = self._mark, None
+        # Copies: the next round donates the cache, which must not take the marked state's arrays.
+        self.cache = self.cache.replace(length=jnp.copy(self.small.length))
+        if self.base_cache is not None:
+            self.base_cache = self.base_cache.replace(length=jnp.copy(self.small.base_length))
 
     def rollback(self, rows: np.ndarray, stamp: int) -> None:
         """Selected rows return to their state at the start of the last round; their notes with

@@ -1,10 +1,11 @@
 """The device side of inference: one jitted call per round for every row, plus prefill, planner,
 publish and rollback. The host loop (``orchestrator.py``) decides; this module computes.
 
-State kept on device between rounds (``RoundState``): the KV cache (and a second, sidecar-free
-cache when α < 1 blends attended and base logits), the next-token logits, the bus, the running
-coverage attention (an online softmax over every token the stream wrote), and the running sum of
-hidden states since the stream's last note (the note pools the tokens since its last emission).
+State kept on device between rounds: the KV cache (and a second, sidecar-free cache when α < 1
+blends attended and base logits), the next-token logits, the bus, the running coverage attention
+(an online softmax over every token the stream wrote), the running sum of hidden states since the
+stream's last note (the note pools the tokens since its last emission), and each row's latest
+provisional note: a publish writes it from there, so the host never sends notes back.
 Rollback needs only the small fields saved at the round's start: cache lengths, logits, coverage
 and note accumulators; cache slots beyond a row's length are dead by construction.
 """
@@ -42,6 +43,7 @@ class Small:
     cov_num: jax.Array       # [B, H, S, hd]
     note_sum: jax.Array      # [B, D] float32 hidden-state sum since the last note
     note_count: jax.Array    # [B] int32
+    note: jax.Array          # [B, N] float32 the provisional note of the row's latest round (what a publish writes)
 
 
 @flax.struct.dataclass
@@ -206,6 +208,7 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
                                        cfg.sidecar.coverage_heads)
     pooled = small.note_sum / jnp.maximum(small.note_count, 1)[:, None]
     note = heads.note_head(side_p["spec_head"], pooled)
+    small = small.replace(note=jnp.where(active[:, None], note, small.note))
     summary = heads.window_summary(notes, mask)
     readiness = heads.readiness_logit(side_p["agree"], pooled, summary, coverage, note)
     out = RoundOut(tokens=tokens, produced=produced, margins=margins, note=note, coverage=coverage,
@@ -236,7 +239,8 @@ def prefill_fn(cfg: pdt.PDTConfig, blend: bool, max_len: int, slack: int, trunk_
     small = Small(length=cache.length, base_length=(base_cache or cache).length, logits=logits,
                   cov_max=jnp.full((B, H, S), -1e30, jnp.float32), cov_den=jnp.zeros((B, H, S), jnp.float32),
                   cov_num=jnp.zeros((B, H, S, sc.coverage_dim // H), jnp.float32),
-                  note_sum=jnp.zeros((B, D), jnp.float32), note_count=jnp.zeros((B,), jnp.int32))
+                  note_sum=jnp.zeros((B, D), jnp.float32), note_count=jnp.zeros((B,), jnp.int32),
+                  note=jnp.zeros((B, sc.notes_dim), jnp.float32))
     return cache, base_cache, small, planner
 
 

@@ -106,7 +106,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
         merged = "\n\n".join(streams[n]["text"] for n in order if streams[n]["text"])
         pick = lambda events: [e for e in events if e.get("prompt_index", p) == p]
         timings = {"bootstrap": rec["bootstrap_s"], "total": rec["total_s"], "stride_durations": rec["stride_durations"],
-                   "per_token": pick(per_token)}
+                   "per_token": pick(per_token), "run_ahead": dict(rec["run_ahead"])}
         if opts.sync_profile:
             timings["stride_sync_durations"] = rec["sync_overhead"]
             timings["sync_overhead_s"] = float(sum(rec["sync_overhead"]))
@@ -119,6 +119,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
                 "topology": "all_to_all", "gate_g": opts.gate_g, "alpha": opts.alpha,
                 "tau": sc.readiness_threshold if opts.readiness_threshold is None else opts.readiness_threshold,
                 "max_retries": opts.max_retries, "max_new_tokens": opts.max_new_tokens, "rng_seed": opts.seed,
+                "run_ahead": opts.run_ahead,
                 "M_by_stream": dict((s, m) for s, m in _cadence_every(opts, stream_names, sc.block_size).items()),
                 "gate_annealing": dataclasses.asdict(opts.gate_annealing),
                 "cadence_policy": dataclasses.asdict(opts.cadence),

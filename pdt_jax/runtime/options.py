@@ -62,6 +62,7 @@ class RuntimeOptions:
     log_margins: bool = False
     sync_profile: bool = False
     memory_report: bool = False
+    run_ahead: bool = True                     # dispatch round v + 1 before round v is decided (orchestrator.py)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -1,8 +1,9 @@
 """The host side of a PDT run: rounds, commit / selective rollback, cadence, gate annealing, EOS,
 telemetry. It talks to an engine (``DeviceEngine``, or ``ReplayEngine`` which serves recorded
-tensors) through four calls (start; submit, which dispatches a round and returns the function that
-fetches its results; publish; rollback), and every decision it makes depends only on what those
-calls return, the options and a seeded generator — which is what makes CPU replay exact.
+tensors) through a few calls (start; submit, which dispatches a round and returns the function that
+fetches its results; publish; rollback; mark and revert, for run-ahead), and every decision it
+makes depends only on what those calls return, the options and a seeded generator — which is what
+makes CPU replay exact.
 
 Per round v (ARCHITECTURE.md data flow "Infer"):
   1. ``round``: every active row decodes up to τ tokens reading its window at round v, and returns
@@ -17,9 +18,20 @@ Per round v (ARCHITECTURE.md data flow "Infer"):
      others go on. Gate annealing lowers g for streams whose block was volatile and lets it recover.
   5. Round v + 1 is dispatched now, and round v's records (token log, blocks, gate trace, commit
      events, the ``on_round`` callback) are written while the device decodes it.
+
+Run-ahead (``opts.run_ahead``): so that the device never waits for the host's decisions, round
+v + 1 is dispatched *before* round v's results are fetched, on the assumption that round v goes as
+planned — every active row writes its tokens, none ends, none is rolled back, the gate follows its
+stable course and the (deterministic) cadence publishes the notes it predicts. When the decisions
+differ, the engine reverts to the state it marked before that dispatch, and the run continues
+exactly as without run-ahead (the same programs on the same inputs: the output is identical, and a
+test compares both). It is not attempted after a round with rollbacks (a likely miss), nor with
+stochastic or adaptive cadence (their decisions cannot be predicted). The run record counts the
+rounds dispatched ahead, accepted and reverted.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -31,6 +43,16 @@ from pdt_jax.runtime.options import RuntimeOptions
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+@dataclasses.dataclass
+class _Ahead:
+    """A round dispatched before the previous round was decided, and what it assumed."""
+    fetch: object
+    active: np.ndarray
+    remaining: np.ndarray
+    gate: np.ndarray
+    emit: np.ndarray   # the previous round's publishes it applied first
 
 
 class Orchestrator:
@@ -67,18 +89,32 @@ class Orchestrator:
         rec = {"rollbacks": [], "stride_commit_events": [], "cadence_events": [], "gate_trace": [],
                "token_log": [], "stride_durations": [], "sync_overhead": [], "memory": [],
                "coverage": [None] * B, "notes_versions": np.zeros(B, np.int64), "emissions": [[] for _ in range(B)]}
+        ahead_stats = {"dispatched": 0, "accepted": 0, "reverted": 0}
+        run_ahead = opts.run_ahead and self.cadence.predictable
+        calm = True  # the last round rolled nothing back: worth dispatching the next one ahead
         v = 0
-        # Round v + 1 is dispatched as soon as round v's decisions are made, before round v's
-        # records are written, so that host bookkeeping overlaps the device's next round.
+        # Round v + 1 is dispatched as soon as round v's decisions are made (or, with run-ahead,
+        # before round v is fetched), before round v's records are written, so that host
+        # bookkeeping overlaps the device's next round.
         nxt = self._submit(v, finished, generated, gate)
         while nxt is not None:
             fetch, active, remaining, t0 = nxt
+            ahead = None
+            if run_ahead and calm:
+                ahead = self._dispatch_ahead(v, active, remaining, finished, generated, since_note, gate, cooldown)
+                ahead_stats["dispatched"] += ahead is not None
             out = fetch()
+            t_fetched = time.perf_counter()
             attempt = {b: out for b in np.nonzero(active)[0]}
             retries = np.zeros(B, np.int64)
             emit = self._cadence(out, active, since_note, v, rec["cadence_events"])
-            self._publish(out, active & emit, v)
             pending = active & (_sigmoid(out["readiness"]) < self.gamma)
+            if ahead is not None and (pending.any() or not np.array_equal(emit, ahead.emit)):
+                self.engine.revert()
+                ahead_stats["reverted"] += 1
+                ahead = None
+            if ahead is None:  # (else the round dispatched ahead has published exactly these)
+                self._publish(active & emit, v)
             forced = np.zeros(B, bool)
             waits = [out["_wait_s"]]
             while pending.any():
@@ -102,8 +138,9 @@ class Orchestrator:
                 waits.append(out_r["_wait_s"])
                 for b in np.nonzero(can_retry)[0]:
                     attempt[b] = out_r
-                self._publish(out_r, can_retry & emit, v)
+                self._publish(can_retry & emit, v)
                 pending = can_retry & (_sigmoid(out_r["readiness"]) < self.gamma)
+            calm = not (retries.any() or forced.any())
             # What the next round depends on: tokens, EOS, counters, the annealed gate.
             rows = np.nonzero(active)[0].tolist()
             toks, readiness = {}, {}
@@ -116,10 +153,23 @@ class Orchestrator:
                     finished[b] = True
                 readiness[b] = float(_sigmoid(o["readiness"][b]))
                 self._anneal(b, gate, cooldown, readiness[b], volatile=bool(retries[b] or forced[b]))
+            if ahead is not None:
+                next_active, next_remaining = self._next_inputs(finished, generated)
+                if (np.array_equal(next_active, ahead.active) and np.array_equal(next_remaining, ahead.remaining)
+                        and np.array_equal(gate, ahead.gate)):
+                    ahead_stats["accepted"] += 1
+                else:
+                    self.engine.revert()
+                    ahead_stats["reverted"] += 1
+                    ahead = None
+                    self._publish(active & emit, v)
             elapsed = time.perf_counter() - t0
-            if opts.memory_report:  # measured before the next round changes the state
+            if opts.memory_report:  # the state after round v (a round dispatched ahead may be running)
                 rec["memory"].append({"stride_index": v, "rss_bytes": _rss(), **self.engine.memory_bytes()})
-            nxt = self._submit(v + 1, finished, generated, gate)
+            if ahead is not None:  # it becomes the current round now that its inputs are confirmed
+                nxt = (ahead.fetch, ahead.active, ahead.remaining, t_fetched)
+            else:
+                nxt = self._submit(v + 1, finished, generated, gate)
             # The records of round v, while the device runs round v + 1.
             if opts.sync_profile:
                 rec["sync_overhead"].append(float(sum(waits)))
@@ -161,18 +211,41 @@ class Orchestrator:
                 on_round(token_log[log_start:])
             v += 1
         rec.update(start=start, committed=committed, margins=margins, blocks=blocks, finished=finished,
-                   generated=generated, gate=gate, rounds=v, bootstrap_s=bootstrap_s,
+                   generated=generated, gate=gate, rounds=v, bootstrap_s=bootstrap_s, run_ahead=ahead_stats,
                    total_s=time.perf_counter() - t_start)
         return rec
 
+    def _next_inputs(self, finished, generated):
+        """(active, remaining) of the next round: the rows still decoding, and their token budget."""
+        active = ~finished & (generated < self.opts.max_new_tokens)
+        remaining = np.minimum(self.tau, self.opts.max_new_tokens - generated).astype(np.int32)
+        return active, remaining
+
     def _submit(self, v, finished, generated, gate):
         """Dispatches round v for every row still decoding; None when none is left."""
-        active = ~finished & (generated < self.opts.max_new_tokens)
+        active, remaining = self._next_inputs(finished, generated)
         if not active.any():
             return None
-        remaining = np.minimum(self.tau, self.opts.max_new_tokens - generated).astype(np.int32)
         t0 = time.perf_counter()
         return self.engine.submit(v, active, remaining, gate.copy()), active, remaining, t0
+
+    def _dispatch_ahead(self, v, active, remaining, finished, generated, since_note, gate, cooldown):
+        """Marks the engine's state and dispatches round v + 1 as it will be if round v goes as
+        planned (module docstring); None when that round would have no active row."""
+        produced = np.where(active, remaining, 0)
+        next_active, next_remaining = self._next_inputs(finished, generated + produced)
+        if not next_active.any():
+            return None
+        emit = np.array([bool(a) and self.cadence.predict(self.names[b % self.K], int(since_note[b] + produced[b]))
+                         for b, a in enumerate(active)])
+        next_gate = gate.copy()
+        cool = cooldown.copy()
+        for b in np.nonzero(active)[0]:
+            self._anneal(b, next_gate, cool, np.inf, volatile=False)
+        self.engine.mark()
+        self._publish(emit, v)
+        fetch = self.engine.submit(v + 1, next_active, next_remaining, next_gate.copy())
+        return _Ahead(fetch, next_active, next_remaining, next_gate, emit)
 
     def _cadence(self, out, active, since_note, v, events) -> np.ndarray:
         emit = np.zeros(len(active), bool)
@@ -184,9 +257,10 @@ class Orchestrator:
             events.append(dict(d, stream=self.names[b % self.K], prompt_index=int(b // self.K), stride_index=v))
         return emit
 
-    def _publish(self, out, rows, v):
+    def _publish(self, rows, v):
+        """The selected rows publish the note of their latest round, stamped v + 1."""
         if rows.any():
-            self.engine.publish(rows, out["note"], v + 1)
+            self.engine.publish(rows, v + 1)
 
     def _anneal(self, b, gate, cooldown, readiness, volatile):
         ga = self.opts.gate_annealing

@@ -4,7 +4,8 @@ trunk weights and reproduces the original decisions exactly.
 
     DIR/manifest.json        version, run context (prompts, streams, options, model summary,
                              tokenizer, hashing metadata, git), and the call log: every engine call
-                             with its arguments, and which chunk file holds its result
+                             with its arguments, and which chunk file holds its result (a round
+                             dispatched ahead and then reverted was never fetched: it has none)
     DIR/start.npz            plan ids, snapshot 0; planner logits in DIR/planner_logits-NNNN.npz chunks
     DIR/rounds-NNNN.npz      round results, ``chunk_size`` rounds per file (stacked)
     DIR/plan_catalog.json    the plan catalog per prompt
@@ -43,6 +44,7 @@ class RecordingEngine:
         self.calls: list[dict] = []
         self._rounds: list[dict] = []
         self._round_calls = 0
+        self._fetched = 0
         self._chunks = 0
 
     def __getattr__(self, name):  # memory_bytes, bus_state, ...
@@ -66,13 +68,16 @@ class RecordingEngine:
         fetch = self.engine.submit(window_round, active, remaining, gate)
         index = self._round_calls
         self._round_calls += 1
-        self.calls.append({"call": "round", "index": index, "window_round": int(window_round),
-                           "active": np.asarray(active).tolist(), "remaining": np.asarray(remaining).tolist(),
-                           "gate": np.asarray(gate, np.float64).tolist(),
-                           "chunk": f"rounds-{index // self.chunk_size:04d}.npz", "offset": index % self.chunk_size})
+        call = {"call": "round", "index": index, "window_round": int(window_round),
+                "active": np.asarray(active).tolist(), "remaining": np.asarray(remaining).tolist(),
+                "gate": np.asarray(gate, np.float64).tolist()}
+        self.calls.append(call)
 
         def fetch_and_record():
             out = fetch()
+            n = self._fetched  # results are stored in the order they are fetched
+            self._fetched += 1
+            call.update(chunk=f"rounds-{n // self.chunk_size:04d}.npz", offset=n % self.chunk_size)
             self._rounds.append({k: out[k] for k in ROUND_KEYS})
             if len(self._rounds) == self.chunk_size:
                 self._flush()
@@ -89,13 +94,21 @@ class RecordingEngine:
             self._chunks += 1
             self._rounds = []
 
-    def publish(self, rows, notes, stamp):
+    def publish(self, rows, stamp):
         self.calls.append({"call": "publish", "rows": np.asarray(rows).tolist(), "stamp": int(stamp)})
-        return self.engine.publish(rows, notes, stamp)
+        return self.engine.publish(rows, stamp)
 
     def rollback(self, rows, stamp):
         self.calls.append({"call": "rollback", "rows": np.asarray(rows).tolist(), "stamp": int(stamp)})
         return self.engine.rollback(rows, stamp)
+
+    def mark(self):
+        self.calls.append({"call": "mark"})
+        return self.engine.mark()
+
+    def revert(self):
+        self.calls.append({"call": "revert"})
+        return self.engine.revert()
 
     def finish(self, context: dict, catalogs) -> str:
         self._flush()
@@ -170,18 +183,30 @@ class ReplayEngine:
                 raise ReplayError(f"replay diverged at round call {call['index']}: field '{k}' recorded {call[k]}, asked {v}")
         if not np.allclose(call["gate"], np.asarray(gate, np.float64)):
             raise ReplayError(f"replay diverged at round call {call['index']}: gate recorded {call['gate']}, asked {list(gate)}")
-        chunk = self._load(call["chunk"])
-        out = {k: chunk[k][call["offset"]] for k in ROUND_KEYS}
-        out["_dispatch_s"] = out["_wait_s"] = 0.0
-        return lambda: out
+
+        def fetch():
+            if "chunk" not in call:
+                raise ReplayError(f"replay diverged at round call {call['index']}: the recording reverted this "
+                                  f"round without fetching it, the replay asks for its results")
+            chunk = self._load(call["chunk"])
+            out = {k: chunk[k][call["offset"]] for k in ROUND_KEYS}
+            out["_dispatch_s"] = out["_wait_s"] = 0.0
+            return out
+        return fetch
 
     def round(self, window_round, active, remaining, gate):
         return self.submit(window_round, active, remaining, gate)()
 
-    def publish(self, rows, notes, stamp):
+    def publish(self, rows, stamp):
         call = self._next("publish")
         if call["rows"] != np.asarray(rows).tolist() or call["stamp"] != int(stamp):
             raise ReplayError(f"replay diverged at call {self.pos - 1}: publish differs from the recording")
+
+    def mark(self):
+        self._next("mark")
+
+    def revert(self):
+        self._next("revert")
 
     def rollback(self, rows, stamp):
         call = self._next("rollback")
@@ -205,6 +230,7 @@ def replay(directory: str):
     engine = ReplayEngine(directory)
     ctx = engine.manifest
     o = dict(ctx["options"])
+    o.setdefault("run_ahead", False)  # artifacts recorded before run-ahead existed made no such calls
     tup = lambda xs: tuple(tuple(x) if isinstance(x, list) else x for x in xs)
     o["cadence"] = Cadence(**{k: tup(v) if k == "every" else v for k, v in o["cadence"].items()})
     o["gate_annealing"] = GateAnnealing(**o["gate_annealing"])

@@ -101,6 +101,7 @@ def run_sequential(trunk, tokenizer, prompts, opts, *, system=None, extra=None) 
                        "decode": {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k}},
             "instrumented_layers": [],
             "timings": {"bootstrap": 0.0, "total": total, "stride_durations": [],
+                        "run_ahead": {"dispatched": 0, "accepted": 0, "reverted": 0},
                         "per_token": [{"stream": "seq", "token_index": i, "duration_s": per} for i in range(len(ids))]},
             "streams": {"seq": {"text": text, "token_ids": ids, "token_texts": [tokenizer.decode([t]) for t in ids],
                                 "num_tokens": len(ids), "finished_eos": out.finished[p], "latest_version": 0,

@@ -1,5 +1,7 @@
 """The host-side decisions, driven by a scripted engine: gate annealing (decay, cooldown,
 recovery), retry horizons, commit events and per-token timings."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -39,8 +41,14 @@ class ScriptedEngine:
             return out
         return fetch
 
-    def publish(self, rows, notes, stamp):
+    def publish(self, rows, stamp):
         pass
+
+    def mark(self):
+        self.marked = len(self.calls)
+
+    def revert(self):  # a round dispatched ahead is forgotten, as the device forgets its effects
+        del self.calls[self.marked:]
 
     def rollback(self, rows, stamp):
         self.calls[-1]["rolled_back"] = rows.copy()
@@ -103,3 +111,27 @@ def test_rounds_are_reported_as_they_are_decided():
     # (the host writes records while the device works) but its results are not awaited yet.
     assert seen == [(2, 1, 3), (3, 2, 3), (3, 3, 3)]
     assert len(rec["token_log"]) == 9
+
+
+@pytest.mark.parametrize("script,eos_at", [
+    ([[HIGH] * 3] * 8, None),                                     # every round as planned
+    ([[HIGH] * 3, [LOW, HIGH, HIGH], [HIGH] * 3, [0.2, 10.0, 10.0]] + [[HIGH] * 3] * 6, None),  # rollback; unstable gate
+    ([[HIGH] * 3] * 8, {1: 2}),                                   # stream 2 ends in its third round
+])
+def test_run_ahead_makes_the_same_calls_as_waiting(script, eos_at):
+    """Rounds dispatched ahead and reverted leave no trace: the engine sees the same rounds with
+    the same inputs, and the record is the same, as when every round waits for its decisions."""
+    opts = RuntimeOptions(max_new_tokens=12, max_retries=1)
+    rec_a, ahead = orchestrate(script, opts, eos_at=eos_at)
+    rec_w, waited = orchestrate(script, dataclasses.replace(opts, run_ahead=False), eos_at=eos_at)
+    strip = lambda calls: [{k: np.asarray(v).tolist() for k, v in c.items()} for c in calls]
+    assert strip(ahead.calls) == strip(waited.calls)
+    for key in ("rollbacks", "gate_trace", "cadence_events", "stride_commit_events", "blocks", "committed"):
+        assert rec_a[key] == rec_w[key], key
+    stats = rec_a["run_ahead"]
+    assert stats["dispatched"] == stats["accepted"] + stats["reverted"] > 0
+    assert rec_w["run_ahead"]["dispatched"] == 0
+    if script[1][0] == LOW or eos_at:
+        assert stats["reverted"] > 0
+    else:
+        assert stats["reverted"] == 0

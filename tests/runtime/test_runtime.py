@@ -146,6 +146,31 @@ def test_replay_reproduces_the_manifest(model, tmp_path):
     assert len(list((tmp_path / "art").glob("rounds-*.npz"))) > 1  # chunked
 
 
+def test_run_ahead_changes_nothing_but_the_waiting(model, tmp_path):
+    """Dispatching round v + 1 before round v is decided, and reverting when the decisions differ
+    (rollbacks, an EOS, a gate that anneals), writes exactly what a run that waits writes; a
+    recording made with run-ahead replays exactly."""
+    cfg = model[0]
+    side = dict(model[2], agree=dict(model[2]["agree"], b2=jnp.float32(0.3)))  # some blocks fail, some pass
+    opts = RuntimeOptions(max_new_tokens=24, temperature=1.0, seed=5, max_retries=1)
+    wait_opts = dataclasses.replace(opts, run_ahead=False)
+    dry = run(model, wait_opts, side=side)[0]["streams"]
+    eos = dry["stream_2"]["token_ids"][9]  # stream 2 (at least) ends mid-run
+    cfg_eos = pdt.PDTConfig(cfg.trunk.replace(eos_token_ids=(eos,)), cfg.sidecar)
+    waited = run(model, wait_opts, side=side, cfg=cfg_eos)
+    ahead = run(model, opts, side=side, cfg=cfg_eos, replay_dir=str(tmp_path / "art"))
+    assert waited[0]["streams"]["stream_2"]["finished_eos"] and any(m["rollbacks"] for m in waited)
+    for a, b in zip(waited, ahead):
+        assert deterministic_view(a) == deterministic_view(b)
+    stats = ahead[0]["timings"]["run_ahead"]
+    assert stats["accepted"] > 0 and stats["reverted"] > 0, stats
+    assert stats["dispatched"] == stats["accepted"] + stats["reverted"]
+    assert waited[0]["timings"]["run_ahead"]["dispatched"] == 0
+    replayed, _ = replay(str(tmp_path / "art"))
+    for a, b in zip(ahead, replayed):
+        assert deterministic_view(a) == deterministic_view(b)
+
+
 def test_no_recompilation_across_rounds_rollbacks_and_prompts(model):
     opts = RuntimeOptions(max_new_tokens=9, temperature=1.0, max_retries=2)
     side = low_readiness(model[2])
