@@ -56,12 +56,16 @@ def _cast_params(params, cfg: TrunkConfig):
 
 
 class Trunk:
+    # Generation steps per dispatch: one token per dispatch spends most of a small model's step
+    # launching it (tiny config, CPU: 16 tokens per dispatch decode 2.7x faster than 1).
+    decode_chunk = 16
+
     def __init__(self, cfg: TrunkConfig, params: dict, moe_impl: str = "auto"):
         self.cfg = cfg
         self.params = params
         self.moe_impl = moe_impl
         self._prefill = jax.jit(partial(self._prefill_fn, cfg, moe_impl), static_argnames=("max_len",))
-        self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0,), donate_argnums=(2,))
+        self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0, 1, 2), donate_argnums=(4,))
         self._logits = jax.jit(partial(self._logits_fn, cfg, moe_impl))
 
     # ---- construction ------------------------------------------------------------------------
@@ -115,14 +119,33 @@ class Trunk:
         return model.unembed(params, last)[:, 0], cache
 
     @staticmethod
-    def _decode_fn(cfg, moe_impl, top_k, params, cache, logits, active, key, eos, temperature, top_p):
-        """One generation step in one dispatch: sample from ``logits``, retire rows that produced
-        EOS, and run the trunk on the sampled token."""
-        key, sub = jax.random.split(key)
-        token = jnp.where(active, sampling.sample(logits, sub, temperature, top_p, top_k), cfg.pad_token_id)
-        still = active & ~jnp.isin(token, eos)
-        hidden, cache = model.extend(params, token[:, None], cache, cfg=cfg, active_B=still, moe_impl=moe_impl)
-        return token, still, model.unembed(params, hidden)[:, 0], cache, key
+    def _decode_fn(cfg, moe_impl, top_k, chunk, with_logits, params, cache, logits, active, key, eos, temperature,
+                   top_p, steps):
+        """``steps`` (≤ ``chunk``, traced) generation steps in one dispatch: each samples from
+        ``logits``, retires the rows that produced EOS and runs the trunk on the sampled token.
+        Returns the tokens [B, chunk] (and the logits each step sampled from, [B, chunk, V])."""
+        B, V = logits.shape
+
+        def step(i, carry):
+            cache, logits, active, key, tokens, seen = carry
+            if top_k < 0:  # greedy (static): no sampling branch, no key to split
+                sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            else:
+                key, sub = jax.random.split(key)
+                sampled = sampling.sample(logits, sub, temperature, top_p, top_k)
+            token = jnp.where(active, sampled, cfg.pad_token_id)
+            still = active & ~jnp.isin(token, eos)
+            hidden, cache = model.extend(params, token[:, None], cache, cfg=cfg, active_B=still, moe_impl=moe_impl)
+            tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
+            if with_logits:
+                seen = jax.lax.dynamic_update_slice(seen, logits[:, None], (0, i, 0))
+            return cache, model.unembed(params, hidden)[:, 0], still, key, tokens, seen
+
+        tokens = jnp.full((B, chunk), cfg.pad_token_id, jnp.int32)
+        seen = jnp.zeros((B, chunk, V), jnp.float32) if with_logits else None
+        cache, logits, active, key, tokens, seen = jax.lax.fori_loop(
+            0, steps, step, (cache, logits, active, key, tokens, seen))
+        return tokens, seen, active, logits, cache, key
 
     # ---- user API ------------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
@@ -135,8 +158,9 @@ class Trunk:
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int = 0, eos_ids=None, return_logits: bool = False):
-        """Cached sequential decoding for a batch of prompts of any lengths. The decode step is
-        compiled once per (batch, cache bucket) and reused for every token."""
+        """Cached sequential decoding for a batch of prompts of any lengths, ``decode_chunk`` tokens
+        per dispatch. The decode program is compiled once per (batch, cache bucket) and reused for
+        every chunk, whatever the length, temperature or top-p."""
         ids, lengths = pad_batch(prompt_ids, pad_id=self.cfg.pad_token_id)
         B = ids.shape[0]
         max_len = bucket(int(lengths.max()) + max_new_tokens)
@@ -147,18 +171,24 @@ class Trunk:
         key = jax.random.key(seed)
         logits, cache = self._prefill(self.params, ids, lengths, max_len=max_len)
         active = jnp.ones((B,), bool)
+        greedy = not temperature > 0
         temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-        out, all_logits = [], []
-        for t in range(max_new_tokens):
-            if return_logits:
-                all_logits.append(logits)
-            # The last step also runs the trunk once more than needed; that keeps one program.
-            token, active, logits, cache, key = self._decode(
-                int(top_k), self.params, cache, logits, active, key, eos, temperature, top_p)
-            out.append(token)
-            if t % 16 == 15 and not bool(active.any()):  # occasional host sync: stop when all rows ended
+        chunk = self.decode_chunk
+        out, seen, previous = [], [], None
+        for start in range(0, max_new_tokens, chunk):
+            steps = min(chunk, max_new_tokens - start)
+            tokens, logits_seen, active, logits, cache, key = self._decode(
+                -1 if greedy else int(top_k), chunk, bool(return_logits), self.params, cache, logits, active, key, eos, temperature,
+                top_p, np.int32(steps))
+            out.append((tokens, steps))
+            seen.append(logits_seen)
+            # Stop when every row has ended. The flag looked at is the previous chunk's (done by
+            # now, typically), so the device always has the next chunk queued.
+            if previous is not None and not np.asarray(previous).any():
                 break
-        tokens = np.stack([np.asarray(t) for t in out], axis=1) if out else np.zeros((B, 0), np.int32)
+            previous = active
+        tokens = (np.concatenate([np.asarray(t)[:, :n] for t, n in out], axis=1) if out
+                  else np.zeros((B, 0), np.int32))
         rows, finished = [], []
         for b in range(B):
             row = tokens[b].tolist()
@@ -167,6 +197,6 @@ class Trunk:
             finished.append(stop is not None)
         result = GenerateOutput(rows, lengths.tolist(), finished)
         if return_logits:
-            return result, np.stack([np.asarray(l) for l in all_logits], axis=1)
+            return result, np.concatenate([np.asarray(l)[:, :n] for l, (_, n) in zip(seen, out)], axis=1)
         return result
 

@@ -108,12 +108,25 @@ def test_generate_greedy_matches_argmax_of_full_logits(trunk):
         assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == gen
 
 
+def test_generate_returns_the_logits_each_token_was_chosen_from(trunk):
+    prompt = [5, 6, 7]
+    out, logits = trunk.generate([prompt], max_new_tokens=20, eos_ids=[], return_logits=True)  # 16 + 4
+    gen = out.tokens[0]
+    assert logits.shape == (1, 20, trunk.cfg.vocab_size) and logits[0].argmax(-1).tolist() == gen
+    np.testing.assert_allclose(logits[0], full_logits(trunk, prompt + gen)[len(prompt) - 1:-1], atol=1e-4)
+
+
 def test_generation_compiles_the_decode_step_once(trunk):
     t = Trunk(trunk.cfg, trunk.params)  # fresh jit caches
-    t.generate([[1, 2, 3]], max_new_tokens=40, eos_ids=[])
+    t.generate([[1, 2, 3]], max_new_tokens=40, eos_ids=[])  # 16 + 16 + 8 tokens: one program
     assert t._decode._cache_size() == 1 and t._prefill._cache_size() == 1
-    t.generate([[4, 5, 6]], max_new_tokens=7, eos_ids=[], temperature=0.7, top_p=0.9)  # same shapes
+    t.generate([[4, 5, 6]], max_new_tokens=7, eos_ids=[])
     assert t._decode._cache_size() == 1
+    # Sampling is a second program (greedy skips the sampling branch and the key), shared by every
+    # temperature and top-p.
+    t.generate([[4, 5, 6]], max_new_tokens=7, eos_ids=[], temperature=0.7, top_p=0.9)
+    t.generate([[4, 5, 6]], max_new_tokens=23, eos_ids=[], temperature=1.3, top_p=0.5)
+    assert t._decode._cache_size() == 2
 
 
 def test_generate_stops_each_row_at_eos(trunk):
