@@ -181,7 +181,7 @@ class DeviceEngine:
             source = "model"
         if seed_vectors is not None:
             source = source + "+seed_texts"
-        self._pending, self._start = None, None
+        self._pending, self._start, self._mark = None, None, None
         return {"plan_ids": np.asarray(plan_ids), "planner_logits": np.asarray(planner), "plan_source": source,
                 "snapshot0": np.asarray(snap)}
 

@@ -65,7 +65,7 @@ class Trunk:
         self.params = params
         self.moe_impl = moe_impl
         self._prefill = jax.jit(partial(self._prefill_fn, cfg, moe_impl), static_argnames=("max_len",))
-        self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0, 1, 2), donate_argnums=(4,))
+        self._decode = jax.jit(partial(self._decode_fn, cfg, moe_impl), static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
         self._logits = jax.jit(partial(self._logits_fn, cfg, moe_impl))
 
     # ---- construction ------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Trunk:
         return model.unembed(params, last)[:, 0], cache
 
     @staticmethod
-    def _decode_fn(cfg, moe_impl, top_k, chunk, with_logits, params, cache, logits, active, key, eos, temperature,
+    def _decode_fn(cfg, moe_impl, greedy, top_k, chunk, with_logits, params, cache, logits, active, key, eos, temperature,
                    top_p, steps):
         """``steps`` (≤ ``chunk``, traced) generation steps in one dispatch: each samples from
         ``logits``, retires the rows that produced EOS and runs the trunk on the sampled token.
@@ -128,7 +128,7 @@ class Trunk:
 
         def step(i, carry):
             cache, logits, active, key, tokens, seen = carry
-            if top_k < 0:  # greedy (static): no sampling branch, no key to split
+            if greedy:  # static: no sampling branch, no key to split
                 sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
                 key, sub = jax.random.split(key)
@@ -160,7 +160,11 @@ class Trunk:
                  top_k: int = 0, seed: int = 0, eos_ids=None, return_logits: bool = False):
         """Cached sequential decoding for a batch of prompts of any lengths, ``decode_chunk`` tokens
         per dispatch. The decode program is compiled once per (batch, cache bucket) and reused for
-        every chunk, whatever the length, temperature or top-p."""
+        every chunk, whatever the length; greedy decoding (temperature 0) and sampling are two
+        programs, each shared by every temperature and top-p."""
+        if top_k < 0 or temperature < 0 or not 0.0 < top_p <= 1.0:
+            raise ValueError(f"generate: expected top_k >= 0, temperature >= 0 and 0 < top_p <= 1, found "
+                             f"top_k={top_k}, temperature={temperature}, top_p={top_p}")
         ids, lengths = pad_batch(prompt_ids, pad_id=self.cfg.pad_token_id)
         B = ids.shape[0]
         max_len = bucket(int(lengths.max()) + max_new_tokens)
@@ -178,8 +182,8 @@ class Trunk:
         for start in range(0, max_new_tokens, chunk):
             steps = min(chunk, max_new_tokens - start)
             tokens, logits_seen, active, logits, cache, key = self._decode(
-                -1 if greedy else int(top_k), chunk, bool(return_logits), self.params, cache, logits, active, key, eos, temperature,
-                top_p, np.int32(steps))
+                greedy, 0 if greedy else int(top_k), chunk, bool(return_logits), self.params, cache, logits, active,
+                key, eos, temperature, top_p, np.int32(steps))
             out.append((tokens, steps))
             seen.append(logits_seen)
             # Stop when every row has ended. The flag looked at is the previous chunk's (done by
@@ -196,7 +200,8 @@ class Trunk:
             rows.append(row if stop is None else row[:stop + 1])
             finished.append(stop is not None)
         result = GenerateOutput(rows, lengths.tolist(), finished)
-        if return_logits:
-            return result, np.concatenate([np.asarray(l)[:, :n] for l, (_, n) in zip(seen, out)], axis=1)
+        if return_logits:  # [B, longest row, V]: logits[b, i] is what tokens[b][i] was chosen from
+            longest = max((len(r) for r in rows), default=0)
+            return result, np.concatenate([np.asarray(l)[:, :n] for l, (_, n) in zip(seen, out)], axis=1)[:, :longest]
         return result
 

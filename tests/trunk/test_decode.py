@@ -129,6 +129,16 @@ def test_generation_compiles_the_decode_step_once(trunk):
     assert t._decode._cache_size() == 2
 
 
+def test_generate_logits_follow_each_row_until_its_eos(trunk):
+    out, logits = trunk.generate([[5, 6, 7], [8, 9]], max_new_tokens=40, temperature=1.0, seed=4,
+                                 eos_ids=list(range(0, 97, 3)), return_logits=True)
+    assert logits.shape[1] == max(len(r) for r in out.tokens)  # not the steps run after every row ended
+    for b, row in enumerate(out.tokens):
+        assert np.isfinite(logits[b, :len(row)]).all()
+    with pytest.raises(ValueError, match="top_k"):
+        trunk.generate([[5]], max_new_tokens=2, temperature=1.0, top_k=-1)
+
+
 def test_generate_stops_each_row_at_eos(trunk):
     out = trunk.generate([[5, 6, 7], [8, 9]], max_new_tokens=16, temperature=1.0, seed=4, eos_ids=list(range(0, 97, 3)))
     for row, done in zip(out.tokens, out.finished):
