@@ -61,9 +61,14 @@ def test_batch_prompts_file_writes_one_manifest_per_prompt(tmp_path, capsys):
 def test_sequential_baseline_manifest_is_schema_compatible(tmp_path, capsys):
     assert run(["--prompt", "Hi.", "--output", str(tmp_path / "pdt.json")], capsys)[0] == 0
     assert run(["--prompt", "Hi.", "--baseline", "sequential", "--output", str(tmp_path / "seq.json")], capsys)[0] == 0
-    pdt_m, seq_m = (json.loads((tmp_path / f).read_text()) for f in ("pdt.json", "seq.json"))
+    assert run(["--prompt", "Hi.", "--no-run-ahead", "--output", str(tmp_path / "wait.json")], capsys)[0] == 0
+    pdt_m, seq_m, wait_m = (json.loads((tmp_path / f).read_text()) for f in ("pdt.json", "seq.json", "wait.json"))
     assert seq_m["baseline"] == "sequential" and set(pdt_m) - {"replay_artifact"} <= set(seq_m) | {"memory"}
     assert seq_m["streams"]["seq"]["num_tokens"] == 6
+    assert set(seq_m["timings"]) >= {"bootstrap", "total", "stride_durations", "per_token", "run_ahead"}
+    # --no-run-ahead: the same text, recorded as such, no round dispatched ahead
+    assert pdt_m["config"]["run_ahead"] and not wait_m["config"]["run_ahead"]
+    assert wait_m["streams"] == pdt_m["streams"] and wait_m["timings"]["run_ahead"]["dispatched"] == 0
 
 
 @pytest.mark.parametrize("argv,message", [
