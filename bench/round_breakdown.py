@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -33,6 +34,11 @@ from pdt_jax.sidecar import heads, hooks  # noqa: E402
 from pdt_jax.tokenizer import Tokenizer  # noqa: E402
 from pdt_jax.trunk import Trunk  # noqa: E402
 from pdt_jax.trunk.params import init_trunk  # noqa: E402
+
+
+def slug(name: str) -> str:
+    """A variant's name as a JSON key: 'without coverage/note heads' -> 'without_coverage_note_heads'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 @contextlib.contextmanager
@@ -110,13 +116,9 @@ def main(argv=None):
         return time.perf_counter() - t0
     fns["bare batched trunk (tau tokens per dispatch)"] = bare
 
-    # Every contender returns its own time, called in turn (a, b, c, a, b, c, ...). The PDT variants
-    # time their rounds only; the trunk's generate includes its prefill, which is subtracted using a
-    # 1-token generation (prefill + one dispatch).
-    best = {name: float("inf") for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], fn())
+    # The PDT variants time their rounds only; the trunk's generate includes its prefill, which is
+    # subtracted using a 1-token generation (prefill + one dispatch).
+    best = best_of_interleaved(fns, args.repeats, self_timed=True)
     prefill = best_of_interleaved({"p": lambda: trunk.generate([row] * K, 1, eos_ids=[])}, args.repeats)["p"]
     best["bare batched trunk (tau tokens per dispatch)"] -= prefill
     per_round = {name: 1e6 * s / R for name, s in best.items()}
@@ -125,14 +127,13 @@ def main(argv=None):
     for name, us in per_round.items():
         print(f"{name:<46}{us:>9.1f} us/round")
     full = per_round["full round"]
-    costs = {f"cost_{k.removeprefix('without ').replace(' ', '_').replace('/', '_')}_us": full - v
-             for k, v in per_round.items() if k.startswith("without")}
+    costs = {f"cost_{slug(k.removeprefix('without '))}_us": full - v for k, v in per_round.items()
+             if k.startswith("without")}
     for k, v in costs.items():
         print(f"  {k}: {v:+.1f}")
     if args.json:
         r = {"config": args.config, "streams": K, "block_size": tau, "rounds": R, "cpu_count": os.cpu_count(),
-             **{f"us_per_round_{k.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}": v
-                for k, v in per_round.items()}, **costs}
+             **{f"us_per_round_{slug(k)}": v for k, v in per_round.items()}, **costs}
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)
     return per_round
