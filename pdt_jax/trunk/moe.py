@@ -7,13 +7,16 @@ Three exact implementations of the same function, chosen by the number of tokens
   * ``dense``: every expert on every token, weighted by a dense routing matrix (zeros off the top-k)
     — simple and fast for short prefills on CPU;
   * ``ragged``: tokens sorted by expert and grouped matmuls (``jax.lax.ragged_dot``) — long
-    prefills and training, where dense would waste E/k of the FLOPs.
+    prefills and training, where dense would waste E/k of the FLOPs;
+  * ``cpu_kernel``: ``dense`` as one custom call per layer (``pdt_jax.kernels.cpu``) — decode of
+    1–4 float32 tokens on CPU, where XLA's small GEMMs cost about twice its one-token product.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from pdt_jax.kernels import cpu as cpu_kernels
 from pdt_jax.trunk.config import TrunkConfig
 
 
@@ -43,7 +46,7 @@ def _gather(p, x, weights, experts, cfg):
 
 def _dense(p, x, weights, experts, cfg):
     N, E = x.shape[0], cfg.num_experts
-    combine = jnp.zeros((N, E), jnp.float32).at[jnp.arange(N)[:, None], experts].add(weights)
+    combine = _combine(N, E, weights, experts)
     # Experts as the leading batch dimension of both operands: a batched matmul over the stored
     # [E, D, 2I] / [E, I, D] weights, which XLA then never has to transpose.
     xe = jnp.broadcast_to(x, (E,) + x.shape)
@@ -68,14 +71,31 @@ def _ragged(p, x, weights, experts, cfg):
     return jnp.zeros((N, x.shape[1]), jnp.float32).at[token_of].add(out)
 
 
-IMPLS = {"gather": _gather, "dense": _dense, "ragged": _ragged}
+def _combine(N, E, weights, experts):
+    """[N, E] routing weights, zero off each token's top-k."""
+    return jnp.zeros((N, E), jnp.float32).at[jnp.arange(N)[:, None], experts].add(weights)
 
 
-def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
+def _cpu_kernel(p, x, weights, experts, cfg):
+    out = cpu_kernels.experts(x, p["gate_up"], p["gate_up_bias"], p["down"], p["down_bias"],
+                              cfg.swiglu_limit, cfg.swiglu_alpha)
+    return jnp.einsum("end,ne->nd", out, _combine(x.shape[0], cfg.num_experts, weights, experts))
+
+
+IMPLS = {"gather": _gather, "dense": _dense, "ragged": _ragged, "cpu_kernel": _cpu_kernel}
+
+
+def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto", dtype=jnp.float32) -> str:
     if impl != "auto":
         if impl not in IMPLS:
             raise ValueError(f"moe_impl: expected one of {sorted(IMPLS)} or 'auto', found {impl!r}")
+        if impl == "cpu_kernel" and not cpu_kernels.applies(num_tokens, dtype):
+            raise ValueError(f"moe_impl='cpu_kernel' needs the CPU backend, one device, float32 and 1..."
+                             f"{cpu_kernels.MAX_ROWS} tokens with the kernels built; found {num_tokens} tokens of "
+                             f"{jnp.dtype(dtype).name} on {jax.default_backend()} ({jax.device_count()} devices)")
         return impl
+    if cpu_kernels.applies(num_tokens, dtype):
+        return "cpu_kernel"
     if num_tokens > 256:
         return "ragged"
     # XLA:CPU materialises gathers slowly; on accelerators reading only the selected experts wins
@@ -88,5 +108,5 @@ def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
 def moe(p: dict, x_NxD: jnp.ndarray, cfg: TrunkConfig, impl: str = "auto") -> jnp.ndarray:
     """[N, D] → [N, D] in x's dtype."""
     weights, experts, _ = route(p, x_NxD, cfg)
-    fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl)]
+    fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl, x_NxD.dtype)]
     return fn(p, x_NxD, weights, experts, cfg).astype(x_NxD.dtype)
