@@ -157,18 +157,9 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
 # ---- dense MoE experts ---------------------------------------------------------------------------
 
-def experts_reference(x_NxD, gate_up, gate_up_bias, down, down_bias, limit: float, alpha: float):
-    """Every expert on every token, [E, N, D] (the XLA definition the kernel computes)."""
-    h = jnp.einsum("nd,edf->enf", x_NxD, gate_up) + gate_up_bias[:, None, :]
-    gate, up = h[..., ::2], h[..., 1::2]
-    gate = jnp.minimum(gate, limit)
-    up = jnp.clip(up, -limit, limit)
-    act = (up + 1) * (gate * jax.nn.sigmoid(alpha * gate))
-    return jnp.einsum("eni,eid->end", act, down) + down_bias[:, None, :]
-
-
-def experts(x_NxD, gate_up, gate_up_bias, down, down_bias, limit: float, alpha: float):
-    """``experts_reference`` as one custom call (gradients through the reference)."""
+def experts(x_NxD, gate_up, gate_up_bias, down, down_bias, limit: float, alpha: float, reference):
+    """Every expert on every token, [E, N, D], as one custom call: ``reference`` (the same five
+    arrays -> [E, N, D], in XLA ops: ``trunk.moe.all_experts``) defines it and its gradient."""
     _require()
     limit, alpha = float(limit), float(alpha)
 
@@ -183,7 +174,7 @@ def experts(x_NxD, gate_up, gate_up_bias, down, down_bias, limit: float, alpha: 
         return run(*args), args
 
     def bwd(args, g):
-        _, pullback = jax.vjp(lambda *a: experts_reference(*a, limit, alpha), *args)
+        _, pullback = jax.vjp(reference, *args)
         return pullback(g)
 
     run.defvjp(fwd, bwd)

@@ -38,13 +38,13 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return (scale.astype(jnp.float32) * xf).astype(x.dtype)
 
 
-def _project(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-    """``einsum(spec, x, w)`` contracting x's last axis with w's first; few-row float32 decode on
-    CPU goes to the streaming kernel (pdt_jax.kernels.cpu), everything else to XLA."""
+def _project(x: jax.Array, w: jax.Array, spec: str, **einsum_kw) -> jax.Array:
+    """``einsum(spec, x, w, **einsum_kw)`` contracting x's last axis with w's first; few-row float32
+    decode on CPU goes to the streaming kernel (pdt_jax.kernels.cpu), everything else to XLA."""
     rows = x.size // x.shape[-1]
     if x.dtype == w.dtype and cpu_kernels.applies(rows, x.dtype):
         return cpu_kernels.matmul(x, w)
-    return jnp.einsum(spec, x, w)
+    return jnp.einsum(spec, x, w, **einsum_kw)
 
 
 def _qkv(lp: dict, x: jax.Array, cos, sin):
@@ -80,11 +80,7 @@ def final_hidden(params: dict, h_BxTxD: jax.Array, cfg: TrunkConfig) -> jax.Arra
 
 def unembed(params: dict, hidden_BxTxD: jax.Array) -> jax.Array:
     """float32 logits [B, T, V]."""
-    w = params["unembed"]
-    rows = hidden_BxTxD.size // hidden_BxTxD.shape[-1]
-    if hidden_BxTxD.dtype == w.dtype and cpu_kernels.applies(rows, w.dtype):
-        return cpu_kernels.matmul(hidden_BxTxD, w)
-    return jnp.einsum("btd,dv->btv", hidden_BxTxD, w, preferred_element_type=jnp.float32)
+    return _project(hidden_BxTxD, params["unembed"], "btd,dv->btv", preferred_element_type=jnp.float32)
 
 
 def prefill(params: dict, tokens_BxT: jax.Array, lengths_B: jax.Array, *, cfg: TrunkConfig,

@@ -44,16 +44,23 @@ def _gather(p, x, weights, experts, cfg):
     return jnp.einsum("nkd,nk->nd", out.astype(jnp.float32), weights)
 
 
-def _dense(p, x, weights, experts, cfg):
-    N, E = x.shape[0], cfg.num_experts
-    combine = _combine(N, E, weights, experts)
+def all_experts(x, gate_up, gate_up_bias, down, down_bias, cfg):
+    """Every expert on every token: [N, D] -> [E, N, D]."""
     # Experts as the leading batch dimension of both operands: a batched matmul over the stored
     # [E, D, 2I] / [E, I, D] weights, which XLA then never has to transpose.
-    xe = jnp.broadcast_to(x, (E,) + x.shape)
-    h = jnp.einsum("end,edf->enf", xe, p["gate_up"]) + p["gate_up_bias"][:, None, :]
+    xe = jnp.broadcast_to(x, (gate_up.shape[0],) + x.shape)
+    h = jnp.einsum("end,edf->enf", xe, gate_up) + gate_up_bias[:, None, :]
     h = swiglu(h, cfg)
-    out = jnp.einsum("eni,eid->end", h, p["down"]) + p["down_bias"][:, None, :]
-    return jnp.einsum("end,ne->nd", out.astype(jnp.float32), combine)
+    return jnp.einsum("eni,eid->end", h, down) + down_bias[:, None, :]
+
+
+def _expert_weights(p):
+    return p["gate_up"], p["gate_up_bias"], p["down"], p["down_bias"]
+
+
+def _dense(p, x, weights, experts, cfg):
+    out = all_experts(x, *_expert_weights(p), cfg)
+    return jnp.einsum("end,ne->nd", out.astype(jnp.float32), _combine(x.shape[0], cfg.num_experts, weights, experts))
 
 
 def _ragged(p, x, weights, experts, cfg):
@@ -77,8 +84,8 @@ def _combine(N, E, weights, experts):
 
 
 def _cpu_kernel(p, x, weights, experts, cfg):
-    out = cpu_kernels.experts(x, p["gate_up"], p["gate_up_bias"], p["down"], p["down_bias"],
-                              cfg.swiglu_limit, cfg.swiglu_alpha)
+    out = cpu_kernels.experts(x, *_expert_weights(p), cfg.swiglu_limit, cfg.swiglu_alpha,
+                              reference=lambda *a: all_experts(*a, cfg))
     return jnp.einsum("end,ne->nd", out, _combine(x.shape[0], cfg.num_experts, weights, experts))
 
 

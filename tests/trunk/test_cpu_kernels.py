@@ -39,6 +39,18 @@ def test_matmul_matches_float64(K, N):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
 
 
+# swiglu_limit 7.0 and swiglu_alpha 1.702 (the defaults) are all the reference reads from it.
+EXPERTS_CFG = TrunkConfig(dtype="float32")
+
+
+def reference(*args):
+    return moe_lib.all_experts(*args, EXPERTS_CFG)
+
+
+def kernel(*args):
+    return cpu.experts(*args, EXPERTS_CFG.swiglu_limit, EXPERTS_CFG.swiglu_alpha, reference=reference)
+
+
 def experts_args(seed, N=3, E=5, D=48, I=40):
     """Odd expert count and widths that are not multiples of 16 (the kernels' edge paths)."""
     rng = np.random.RandomState(seed)
@@ -52,8 +64,8 @@ def test_experts_match_the_xla_reference_with_the_clamp_active(N):
     args = experts_args(N, N=N)
     h = np.einsum("nd,edf->enf", args[0], args[1]) + args[2][:, None]
     assert (h[..., ::2] > 7.0).any() and (np.abs(h[..., 1::2]) > 7.0).any()  # both clamps bite
-    want = np.asarray(jax.jit(cpu.experts_reference, static_argnums=(5, 6))(*args, 7.0, 1.702))
-    got = np.asarray(jax.jit(cpu.experts, static_argnums=(5, 6))(*args, 7.0, 1.702))
+    want = np.asarray(jax.jit(reference)(*args))
+    got = np.asarray(jax.jit(kernel)(*args))
     assert got.shape == want.shape == (5, N, 48)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5 * np.abs(want).max())
 
@@ -62,9 +74,9 @@ def test_gradients_go_through_the_reference():
     args = experts_args(7)
 
     def loss(fn, x, gu):
-        return jnp.sum(jnp.tanh(fn(x, gu, *args[2:], 7.0, 1.702)))
-    got = jax.grad(lambda x, gu: loss(cpu.experts, x, gu), argnums=(0, 1))(*args[:2])
-    want = jax.grad(lambda x, gu: loss(cpu.experts_reference, x, gu), argnums=(0, 1))(*args[:2])
+        return jnp.sum(jnp.tanh(fn(x, gu, *args[2:])))
+    got = jax.grad(lambda x, gu: loss(kernel, x, gu), argnums=(0, 1))(*args[:2])
+    want = jax.grad(lambda x, gu: loss(reference, x, gu), argnums=(0, 1))(*args[:2])
     for g, w in zip(got, want):
         g, w = np.asarray(g), np.asarray(w)
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
