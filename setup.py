@@ -49,7 +49,7 @@ setup(
     description="Parallel Decoder Transformer (PDT) on a frozen GPT-OSS trunk, in JAX/Flax",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pdt_jax*", "data_pipeline*", "converters*", "launch*", "configs*"]),
-    package_data={"pdt_jax": ["assets/*", "kernels/*.cc"]},  # the CPU kernels compile on first use
+    package_data={"pdt_jax": ["assets/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

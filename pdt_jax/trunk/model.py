@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from pdt_jax.kernels import cpu as cpu_kernels
 from pdt_jax.trunk import attention, cache as kv, moe as moe_lib, rope
 from pdt_jax.trunk.config import TrunkConfig
 
@@ -38,26 +37,17 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return (scale.astype(jnp.float32) * xf).astype(x.dtype)
 
 
-def _project(x: jax.Array, w: jax.Array, spec: str, **einsum_kw) -> jax.Array:
-    """``einsum(spec, x, w, **einsum_kw)`` contracting x's last axis with w's first; few-row float32
-    decode on CPU goes to the streaming kernel (pdt_jax.kernels.cpu), everything else to XLA."""
-    rows = x.size // x.shape[-1]
-    if x.dtype == w.dtype and cpu_kernels.applies(rows, x.dtype):
-        return cpu_kernels.matmul(x, w)
-    return jnp.einsum(spec, x, w, **einsum_kw)
-
-
 def _qkv(lp: dict, x: jax.Array, cos, sin):
     """q [B, T, Hq, hd]; k, v [B, Hkv, T, hd] (the cache layout)."""
-    q = _project(x, lp["q"], "btd,dhk->bthk") + lp["q_bias"]
-    k = _project(x, lp["k"], "btd,dhk->bthk") + lp["k_bias"]
-    v = _project(x, lp["v"], "btd,dhk->bthk") + lp["v_bias"]
+    q = jnp.einsum("btd,dhk->bthk", x, lp["q"]) + lp["q_bias"]
+    k = jnp.einsum("btd,dhk->bthk", x, lp["k"]) + lp["k_bias"]
+    v = jnp.einsum("btd,dhk->bthk", x, lp["v"]) + lp["v_bias"]
     return rope.apply(q, cos, sin), rope.apply(k, cos, sin).transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def _out(lp: dict, o_BxTxHxD: jax.Array) -> jax.Array:
     B, T, H, K = o_BxTxHxD.shape
-    return _project(o_BxTxHxD.reshape(B, T, H * K), lp["o"].reshape(H * K, -1), "btf,fd->btd") + lp["o_bias"]
+    return jnp.einsum("btf,fd->btd", o_BxTxHxD.reshape(B, T, H * K), lp["o"].reshape(H * K, -1)) + lp["o_bias"]
 
 
 def _mlp(lp: dict, h: jax.Array, cfg: TrunkConfig, moe_impl: str) -> jax.Array:
@@ -80,7 +70,7 @@ def final_hidden(params: dict, h_BxTxD: jax.Array, cfg: TrunkConfig) -> jax.Arra
 
 def unembed(params: dict, hidden_BxTxD: jax.Array) -> jax.Array:
     """float32 logits [B, T, V]."""
-    return _project(hidden_BxTxD, params["unembed"], "btd,dv->btv", preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", hidden_BxTxD, params["unembed"], preferred_element_type=jnp.float32)
 
 
 def prefill(params: dict, tokens_BxT: jax.Array, lengths_B: jax.Array, *, cfg: TrunkConfig,

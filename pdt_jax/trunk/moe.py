@@ -1,22 +1,21 @@
 """GPT-OSS mixture of experts: router (linear + bias) → top-k → softmax over the k selected logits →
 experts with a fused, interleaved gate/up projection and the clamped SwiGLU (limit 7, alpha 1.702).
 
-Three exact implementations of the same function, chosen by the number of tokens:
+Three exact implementations of the same function, chosen by the number of tokens (``pick_impl``):
   * ``gather``: gathers the k selected experts' weights per token — decode (few tokens) reads only
     the experts it uses;
   * ``dense``: every expert on every token, weighted by a dense routing matrix (zeros off the top-k)
-    — simple and fast for short prefills on CPU;
+    — simple and fast for short prefills on CPU, and the expert-parallel form on a mesh whose
+    ``expert`` axis splits the experts: each device runs its own experts on every token and the
+    combine sums over devices, where ``gather`` and ``ragged`` would fetch other devices' weights;
   * ``ragged``: tokens sorted by expert and grouped matmuls (``jax.lax.ragged_dot``) — long
-    prefills and training, where dense would waste E/k of the FLOPs;
-  * ``cpu_kernel``: ``dense`` as one custom call per layer (``pdt_jax.kernels.cpu``) — decode of
-    1–4 float32 tokens on CPU, where XLA's small GEMMs cost about twice its one-token product.
+    prefills and training, where dense would waste E/k of the FLOPs.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from pdt_jax.kernels import cpu as cpu_kernels
 from pdt_jax.trunk.config import TrunkConfig
 
 
@@ -44,22 +43,13 @@ def _gather(p, x, weights, experts, cfg):
     return jnp.einsum("nkd,nk->nd", out.astype(jnp.float32), weights)
 
 
-def all_experts(x, gate_up, gate_up_bias, down, down_bias, cfg):
-    """Every expert on every token: [N, D] -> [E, N, D]."""
+def _dense(p, x, weights, experts, cfg):
     # Experts as the leading batch dimension of both operands: a batched matmul over the stored
     # [E, D, 2I] / [E, I, D] weights, which XLA then never has to transpose.
-    xe = jnp.broadcast_to(x, (gate_up.shape[0],) + x.shape)
-    h = jnp.einsum("end,edf->enf", xe, gate_up) + gate_up_bias[:, None, :]
+    xe = jnp.broadcast_to(x, (cfg.num_experts,) + x.shape)
+    h = jnp.einsum("end,edf->enf", xe, p["gate_up"]) + p["gate_up_bias"][:, None, :]
     h = swiglu(h, cfg)
-    return jnp.einsum("eni,eid->end", h, down) + down_bias[:, None, :]
-
-
-def _expert_weights(p):
-    return p["gate_up"], p["gate_up_bias"], p["down"], p["down_bias"]
-
-
-def _dense(p, x, weights, experts, cfg):
-    out = all_experts(x, *_expert_weights(p), cfg)
+    out = jnp.einsum("eni,eid->end", h, p["down"]) + p["down_bias"][:, None, :]
     return jnp.einsum("end,ne->nd", out.astype(jnp.float32), _combine(x.shape[0], cfg.num_experts, weights, experts))
 
 
@@ -83,26 +73,14 @@ def _combine(N, E, weights, experts):
     return jnp.zeros((N, E), jnp.float32).at[jnp.arange(N)[:, None], experts].add(weights)
 
 
-def _cpu_kernel(p, x, weights, experts, cfg):
-    out = cpu_kernels.experts(x, *_expert_weights(p), cfg.swiglu_limit, cfg.swiglu_alpha,
-                              reference=lambda *a: all_experts(*a, cfg))
-    return jnp.einsum("end,ne->nd", out, _combine(x.shape[0], cfg.num_experts, weights, experts))
+IMPLS = {"gather": _gather, "dense": _dense, "ragged": _ragged}
 
 
-IMPLS = {"gather": _gather, "dense": _dense, "ragged": _ragged, "cpu_kernel": _cpu_kernel}
-
-
-def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto", dtype=jnp.float32) -> str:
+def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
     if impl != "auto":
         if impl not in IMPLS:
             raise ValueError(f"moe_impl: expected one of {sorted(IMPLS)} or 'auto', found {impl!r}")
-        if impl == "cpu_kernel" and not cpu_kernels.applies(num_tokens, dtype):
-            raise ValueError(f"moe_impl='cpu_kernel' needs the CPU backend, one device, float32 and 1..."
-                             f"{cpu_kernels.MAX_ROWS} tokens with the kernels built; found {num_tokens} tokens of "
-                             f"{jnp.dtype(dtype).name} on {jax.default_backend()} ({jax.device_count()} devices)")
         return impl
-    if cpu_kernels.applies(num_tokens, dtype):
-        return "cpu_kernel"
     if num_tokens > 256:
         return "ragged"
     # XLA:CPU materialises gathers slowly; on accelerators reading only the selected experts wins
@@ -115,5 +93,5 @@ def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto", dtype=jnp.f
 def moe(p: dict, x_NxD: jnp.ndarray, cfg: TrunkConfig, impl: str = "auto") -> jnp.ndarray:
     """[N, D] → [N, D] in x's dtype."""
     weights, experts, _ = route(p, x_NxD, cfg)
-    fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl, x_NxD.dtype)]
+    fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl)]
     return fn(p, x_NxD, weights, experts, cfg).astype(x_NxD.dtype)
