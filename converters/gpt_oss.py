@@ -25,7 +25,7 @@ from converters import layouts
 from converters import safetensors_io as st
 from pdt_jax.trunk import checkpoint
 from pdt_jax.trunk.config import ConfigError, TrunkConfig
-from pdt_jax.trunk.hf_layout import CheckpointError, read_hf_config, safetensors_files
+from pdt_jax.trunk.hf_layout import CheckpointError, read_hf_config, safetensors_files, stored_float_dtype
 
 LAYOUTS = ("hf", "hf-mxfp4", "original")
 
@@ -58,14 +58,15 @@ class Source:
                                           f"'mxfp4' (or no quantization_config), found {method!r}")
             self.layout = "hf-mxfp4" if quant is not None else "hf"
             try:
-                self.cfg = TrunkConfig.from_hf(raw, dtype=dtype)
+                self.cfg = TrunkConfig.from_hf(raw, dtype=dtype or raw.get("dtype") or raw.get("torch_dtype")
+                                               or self.stored_dtype())
             except ConfigError as e:
                 raise CheckpointError(f"{config_path}: {e}") from e
             self.plan = layouts.hf_plan(self.cfg, quantized=quant is not None)
         elif "num_experts" in raw and "experts_per_token" in raw:
             self.layout = "original"
             try:
-                self.cfg = layouts.config_from_openai(raw, dtype or "bfloat16")
+                self.cfg = layouts.config_from_openai(raw, dtype or self.stored_dtype() or "bfloat16")
             except (ConfigError, KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{config_path}: not a valid OpenAI GPT-OSS config ({e})") from e
             self.plan = layouts.original_plan(self.cfg, set(self.tensors))
@@ -74,6 +75,11 @@ class Source:
                                   f"'gpt_oss'; OpenAI original/: 'num_experts', 'experts_per_token'), found "
                                   f"fields {sorted(raw)[:12]}")
         self._check()
+
+    def stored_dtype(self) -> str | None:
+        """The floating dtype of the unquantized tensors (a config.json that names no dtype does
+        not make float32 tensors bfloat16)."""
+        return stored_float_dtype(info.dtype for info in self.tensors.values())
 
     def _check(self) -> None:
         expected = {e.name: e for job in self.plan for e in job.inputs}
@@ -126,42 +132,6 @@ class Source:
 
 # ---- import ------------------------------------------------------------------------------------------
 
-def mesh_from_spec(spec: str):
-    """'fsdp=4,tensor=2' → a jax Mesh over the first devices (axis sizes must multiply out)."""
-    import jax
-
-    try:
-        axes = [(k.strip(), int(v)) for k, v in (part.split("=") for part in spec.split(","))]
-    except ValueError:
-        raise ConfigError(f"--mesh: expected 'axis=size[,axis=size...]', found {spec!r}") from None
-    size = int(np.prod([n for _, n in axes]))
-    devices = jax.devices()
-    if size > len(devices):
-        raise ConfigError(f"--mesh {spec!r}: expected at most {len(devices)} devices, found a mesh of {size}")
-    return jax.sharding.Mesh(np.array(devices[:size]).reshape([n for _, n in axes]), [k for k, _ in axes])
-
-
-def default_shardings(cfg: TrunkConfig, mesh):
-    """Each leaf's first dimension divisible by the whole mesh is sharded over every mesh axis, the
-    rest replicated: a simple FSDP placement for conversion (training uses ``pdt_jax.sharding``)."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from pdt_jax.trunk.params import is_spec, trunk_specs
-
-    n = mesh.devices.size
-
-    def one(spec):
-        dims = [None] * len(spec.shape)
-        for i, d in enumerate(spec.shape):
-            if d % n == 0:
-                dims[i] = tuple(mesh.axis_names)
-                break
-        return NamedSharding(mesh, P(*dims))
-
-    return jax.tree.map(one, trunk_specs(cfg), is_leaf=is_spec)
-
-
 def _placed(pieces, cfg: TrunkConfig, shardings):
     """Assembles whole leaves from pieces and places each on its sharding as soon as it is complete."""
     import jax
@@ -186,14 +156,18 @@ def _placed(pieces, cfg: TrunkConfig, shardings):
             yield path, jax.device_put(buffer, flat_shardings[path])
 
 
-def import_checkpoint(src: str, dst: str, dtype: str | None = None, shardings=None, mesh=None,
+def import_checkpoint(src: str, dst: str, dtype: str | None = None, shardings=None, mesh=None, rules=None,
                       progress: bool = True) -> TrunkConfig:
     """Converts a GPT-OSS directory (any layout) into a trunk checkpoint at ``dst``; returns its config.
-    ``shardings`` (a pytree like the params) or ``mesh`` places every leaf before it is written."""
+    ``shardings`` (a pytree like the params), or ``mesh`` with the sharding ``rules`` (default
+    ``pdt_jax.sharding.ShardingRules()``, the runtime's and training's), places every leaf before
+    it is written."""
+    from pdt_jax.trunk.api import trunk_shardings
+
     source = Source(src, dtype)
     cfg = source.cfg.replace(dtype=dtype) if dtype else source.cfg
     if mesh is not None and shardings is None:
-        shardings = default_shardings(cfg, mesh)
+        shardings = trunk_shardings(cfg, mesh, rules)
     with checkpoint.ConvertedWriter(dst, cfg) as writer:
         pieces = source.pieces(dtype, progress)
         if shardings is None:
@@ -269,7 +243,10 @@ def main(argv=None) -> int:
     imp.add_argument("--dst", required=True)
     imp.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                      help="parameter dtype (default: the source's; bfloat16 for original/)")
-    imp.add_argument("--mesh", default=None, help="e.g. 'fsdp=8': place each leaf on this mesh before writing")
+    imp.add_argument("--mesh", default=None, help="e.g. 'fsdp=8' (axes data, fsdp, expert, tensor): place each leaf "
+                     "on this mesh, by the model config's sharding rules, before writing")
+    imp.add_argument("--config", default=None, help="model config whose sharding rules --mesh uses (default: the "
+                     "library's rules), e.g. configs/model/pdt.py")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="trunk checkpoint → HF directory, OpenAI original/ or torch .pt")
     exp.add_argument("--src", required=True)
@@ -283,14 +260,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "import":
-            mesh = mesh_from_spec(args.mesh) if args.mesh else None
-            cfg = import_checkpoint(args.src, args.dst, args.dtype, mesh=mesh, progress=not args.quiet)
+            from pdt_jax import config_files, sharding
+
+            rules = config_files.pdt_config(config_files.load(args.config)).rules if args.config else None
+            mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh)) if args.mesh else None
+            cfg = import_checkpoint(args.src, args.dst, args.dtype, mesh=mesh, rules=rules, progress=not args.quiet)
             print(f"wrote {args.dst}: {cfg.num_layers} layers, dtype {cfg.dtype}")
         else:
             export_checkpoint(args.src, args.dst, args.format, args.dtype, args.experts,
                               int(args.max_shard_gb * (1 << 30)), progress=not args.quiet)
             print(f"wrote {args.dst} ({args.format})")
-    except (CheckpointError, ConfigError, FileExistsError, OSError) as e:
+    except (CheckpointError, ConfigError, FileExistsError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

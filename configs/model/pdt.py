@@ -1,18 +1,20 @@
-"""PDT on GPT-OSS: the trunk plus the sidecar (paper defaults), with tiny variants.
+"""PDT on GPT-OSS: the trunk, the sidecar (paper defaults), the device mesh and its sharding rules.
 
-    python bench/params.py --config=configs/model/pdt.py
+    python launch/infer.py --config=configs/model/pdt.py:tiny --prompt "Tell me about Velmora."
 
 Variants (``get_config(arg)``): default = GPT-OSS-20B trunk with the paper's sidecar (3 streams,
 notes_dim 2048, top 8 of 24 layers instrumented, 16 planner slots over V_p = 65 536, τ = 4, Δ = 1,
-H = 32, bus capacity 4); ``small`` = the 4-layer benchmark trunk; ``tiny`` = the 2-layer test trunk.
-"""
-import os
-import sys
+H = 32, bus capacity 4) on every local device, experts split over them; ``small`` = the 4-layer
+benchmark trunk; ``tiny`` = the 2-layer test trunk (both data-parallel over the local devices).
 
+Override any field from the command line: ``--config.sidecar.lag=0``, ``--config.mesh.expert=4``,
+``--config.sharding.vocab=tensor,expert`` (mesh axes: data, fsdp, expert, tensor; one mesh axis
+may be -1 = the devices left; a sharding rule is a comma-separated list of mesh axes, '' = whole).
+"""
 from ml_collections import ConfigDict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gpt_oss_20b  # noqa: E402
+from configs.model import gpt_oss_20b
+from pdt_jax.sharding import ShardingRules
 
 
 def sidecar(**overrides) -> ConfigDict:
@@ -27,16 +29,24 @@ def sidecar(**overrides) -> ConfigDict:
     return cfg
 
 
+def model(trunk: ConfigDict, side: ConfigDict, **mesh) -> ConfigDict:
+    sizes = dict(data=1, fsdp=1, expert=1, tensor=1)
+    sizes.update(mesh)
+    return ConfigDict(dict(trunk=trunk, sidecar=side, mesh=ConfigDict(sizes),
+                           sharding=ConfigDict(ShardingRules().to_strings())))
+
+
 def get_config(arg: str | None = None) -> ConfigDict:
     if arg in (None, "", "20b"):
-        return ConfigDict(dict(trunk=gpt_oss_20b.get_config(), sidecar=sidecar()))
+        # 8 GPUs: each holds 4 of the 32 experts (the bulk of the weights); the rest is replicated.
+        return model(gpt_oss_20b.get_config(), sidecar(), expert=-1)
     small = dict(notes_dim=64, top_k_layers=2, adapter_bottleneck=32, snc_heads=4, snc_head_dim=16,
                  plan_vocab_size=4096, plan_dim=64, coverage_heads=4, coverage_dim=64, agree_hidden=64)
     if arg == "small":
-        return ConfigDict(dict(trunk=gpt_oss_20b.get_config("small"), sidecar=sidecar(**small)))
+        return model(gpt_oss_20b.get_config("small"), sidecar(**small), data=-1)
     if arg == "tiny":
-        return ConfigDict(dict(trunk=gpt_oss_20b.get_config("tiny"), sidecar=sidecar(
+        return model(gpt_oss_20b.get_config("tiny"), sidecar(
             notes_dim=32, top_k_layers=2, adapter_bottleneck=16, snc_heads=2, snc_head_dim=16,
             plan_vocab_size=1024, plan_dim=32, coverage_heads=2, coverage_dim=32, agree_hidden=32,
-            commit_horizon=16)))
+            commit_horizon=16), data=-1)
     raise ValueError(f"configs/model/pdt.py: unknown variant {arg!r}; valid: '', 'small', 'tiny'")

@@ -29,6 +29,13 @@ class KVCache:
         return self.length.shape[0]
 
 
+def cache_axes(cache: KVCache) -> KVCache:
+    """Logical axes of every leaf (pdt_jax/sharding.py): rows over ``batch``, KV heads over
+    ``kv_heads``, slots over ``kv_seq``."""
+    kv = ("batch", "kv_heads", "kv_seq", "head_dim")
+    return cache.replace(k=[kv] * len(cache.k), v=[kv] * len(cache.v), length=("batch",))
+
+
 def ring_sizes(cfg: TrunkConfig, max_len: int, slack: int) -> list[int]:
     return [min(max_len, cfg.sliding_window + slack) if cfg.is_sliding(i) else max_len
             for i in range(cfg.num_layers)]

@@ -10,7 +10,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
     from functools import partial
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     fwd = jax.jit(lambda p, i, l: model.unembed(p, model.prefill(p, i, l, cfg=cfg)[0]))
     ref = np.asarray(fwd(params, ids, lens))
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2, "expert": 2})
-    shardings = sharding.tree_shardings(params, axes_from_specs(trunk_specs(cfg)), mesh)
+    shardings = sharding.ShardingRules().tree(params, axes_from_specs(trunk_specs(cfg)), mesh)
     sharded = sharding.shard(params, shardings)
     out["n_sharded_leaves"] = sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
                                   for x in jax.tree.leaves(sharded))
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     big = TrunkConfig.from_mapping(dict(get_config().to_dict(), num_layers=2))
     specs = trunk_specs(big)
     mesh8 = sharding.make_mesh({"fsdp": 8})
-    sh = sharding.tree_shardings(abstract_from_specs(specs), axes_from_specs(specs), mesh8)
+    sh = sharding.ShardingRules().tree(abstract_from_specs(specs), axes_from_specs(specs), mesh8)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_from_specs(specs), sh)
     total = sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
     per_device = sum(np.prod(s.shard_shape(a.shape)) * a.dtype.itemsize for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(sh)))
