@@ -174,12 +174,21 @@ def assert_exact(bus: Bus) -> None:
                          "needed notes the ring had overwritten (raise slack) or rounds went backwards")
 
 
-def visible_window(bus: Bus, round, lag, budget: int | None = None) -> Window:
+def visible_window(bus: Bus, round, lag, budget: int | None = None, ordered: bool = True) -> Window:
     """The window every consumer reads at `round` (traced: scalar, [P] or [P, K_consumer]) with lag Δ
     (traced): all valid snapshot 0 entries plus the newest `budget` (static; default K·capacity) live
-    notes of every producer with round ≤ v − Δ. W = K + budget. Returns [P, K, W, ...] arrays."""
+    notes of every producer with round ≤ v − Δ. W = K + budget. Returns [P, K, W, ...] arrays.
+
+    ``ordered=False`` (default budget only, one horizon for the whole prompt: ``round`` scalar or
+    [P]) gives the same entries in storage order — snapshot-0 slots, then ring slots, W = K + K·S —
+    without the two sorts: SNC is blind to entry order, so the runtime reads it this way unless a
+    counterfactual needs the canonical order."""
     P, K, S = bus.version.shape
     N = bus.notes.shape[-1]
+    if not ordered:
+        if budget is not None:
+            raise ValueError("visible_window(ordered=False) serves the default budget (every live note) only")
+        return _storage_order_window(bus, round, lag)
     budget = K * bus.capacity if budget is None else int(budget)
     M = K * S
     L = K + max(M, budget)   # candidates: K snapshot-0 entries, K·S ring slots, invalid padding
@@ -219,6 +228,38 @@ def visible_window(bus: Bus, round, lag, budget: int | None = None) -> Window:
     z = lambda x: jnp.where(mask, x, 0)
     return Window(notes=jnp.where(mask[..., None], notes, 0), mask=mask, producer=z(p2),
                   version=z(v2), round=z(r2))
+
+
+def _storage_order_window(bus: Bus, round, lag) -> Window:
+    P, K, S, N = bus.notes.shape
+    horizon = (jnp.asarray(round) - jnp.asarray(lag)).astype(jnp.int32).reshape(-1, 1, 1)   # [1 or P, 1, 1]
+    vis = bus.valid & (bus.round <= horizon)                                                  # [P, K, S]
+    mask = jnp.concatenate([bus.snap0_valid, vis.reshape(P, K * S)], axis=1)                 # [P, W]
+    notes = jnp.concatenate([bus.snap0, bus.notes.reshape(P, K * S, N)], axis=1)
+    producer = jnp.concatenate([jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (P, K)),
+                                bus.producer.reshape(P, K * S)], axis=1)
+    version = jnp.concatenate([jnp.zeros((P, K), jnp.int32), bus.version.reshape(P, K * S)], axis=1)
+    rnd = jnp.concatenate([jnp.zeros((P, K), jnp.int32), bus.round.reshape(P, K * S)], axis=1)
+    every = lambda x: jnp.broadcast_to(jnp.where(mask, x, 0)[:, None], (P, K) + x.shape[1:])
+    return Window(notes=jnp.broadcast_to(jnp.where(mask[..., None], notes, 0)[:, None], (P, K) + notes.shape[1:]),
+                  mask=jnp.broadcast_to(mask[:, None], (P, K, mask.shape[1])), producer=every(producer),
+                  version=every(version), round=every(rnd))
+
+
+def bus_axes(bus: Bus) -> Bus:
+    """Logical axes of every leaf (pdt_jax/sharding.py): prompts over ``batch``, producers over
+    ``streams``, the ring over ``bus_slots``, note vectors over ``notes``."""
+    per_slot = ("batch", "streams", "bus_slots")
+    per_producer = ("batch", "streams")
+    return Bus(notes=per_slot + ("notes",), version=per_slot, round=per_slot, producer=per_slot, valid=per_slot,
+               count=per_producer, snap0=per_producer + ("notes",), snap0_valid=per_producer, inexact=per_producer,
+               capacity=bus.capacity)
+
+
+def window_axes(window: Window) -> Window:
+    per_entry = ("batch", "streams", None)
+    return Window(notes=per_entry + ("notes",), mask=per_entry, producer=per_entry, version=per_entry,
+                  round=per_entry)
 
 
 # --- Counterfactuals: pure edits of the consumers' windows before SNC (digest §4 "Counterfactuals").

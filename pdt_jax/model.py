@@ -21,10 +21,13 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from pdt_jax.sharding import ShardingRules, make_mesh
+from pdt_jax.sidecar import coverage as coverage_lib
 from pdt_jax.sidecar import heads
 from pdt_jax.sidecar.config import SidecarConfig
 from pdt_jax.sidecar.hooks import HookContext, SidecarHooks
 from pdt_jax.sidecar.params import sidecar_specs
+from pdt_jax.trunk import decode
 from pdt_jax.trunk import model as trunk_model
 from pdt_jax.trunk.cache import KVCache
 from pdt_jax.trunk.config import TrunkConfig
@@ -35,10 +38,17 @@ from pdt_jax.trunk.params import init_from_specs
 class PDTConfig:
     trunk: TrunkConfig
     sidecar: SidecarConfig
+    # Where it runs (pdt_jax/sharding.py): mesh axis sizes ((axis, size) pairs; -1 = the devices
+    # left; empty = one device) and the logical-axis rules every program's shardings come from.
+    mesh: tuple[tuple[str, int], ...] = ()
+    rules: ShardingRules = ShardingRules()
 
     @property
     def K(self) -> int:
         return self.sidecar.num_streams
+
+    def make_mesh(self, devices=None):
+        return make_mesh(dict(self.mesh), devices)
 
     def hooks(self) -> SidecarHooks:
         return SidecarHooks(layers=self.sidecar.layers_for(self.trunk), num_streams=self.K)
@@ -95,6 +105,22 @@ def _window_notes(snapshot0_PxN, notes_PxKxUxN, K):
     notes = jnp.concatenate([snapshot0_PxN[:, None, :], flat], axis=1)   # [P, 1 + K·U, N]
     writers = jnp.concatenate([jnp.array([K]), jnp.repeat(jnp.arange(K), U)]).astype(jnp.int32)
     return jnp.repeat(notes, K, axis=0), jnp.broadcast_to(writers, (P * K, 1 + K * U))
+
+
+def coverage_logits(side_p: dict, item_ids_BxS: jax.Array, hidden_BxTxD: jax.Array, written_BxT: jax.Array,
+                    ends_BxU: jax.Array, num_heads: int) -> jax.Array:
+    """Coverage of each plan item by a stream's text up to the end of each block (``ends``: the
+    block's last position, −1 = no such block → 0), for every block at once: an associative scan
+    of the runtime's online-softmax state (sidecar/coverage.py). Returns float32 [B, U, S]."""
+    T = hidden_BxTxD.shape[1]
+    scores, values = coverage_lib.project(side_p["coverage"], side_p["plan_embed"], item_ids_BxS, hidden_BxTxD,
+                                          num_heads)
+    states = coverage_lib.prefix_states(scores, values, written_BxT)               # [B, H, S, T, ...]
+    idx = jnp.clip(ends_BxU, 0, T - 1)
+    at_ends = (jnp.take_along_axis(states[0], idx[:, None, None, :], axis=3),
+               jnp.take_along_axis(states[1], idx[:, None, None, :], axis=3),
+               jnp.take_along_axis(states[2], idx[:, None, None, :, None], axis=3))
+    return jnp.where((ends_BxU >= 0)[..., None], coverage_lib.readout(side_p["coverage"], at_ends), 0.0)
 
 
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
@@ -169,8 +195,7 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     ends = jnp.where(present_B, jnp.max(jnp.where(is_block, t, -1), axis=1), -1)
     item_ids = jnp.repeat(plan_ids, K, axis=0)
     target_mask = block >= 0
-    coverage = heads.coverage_logits(sidecar_params["coverage"], sidecar_params["plan_embed"], item_ids, hidden,
-                                     target_mask, ends, sc.coverage_heads)
+    coverage = coverage_logits(sidecar_params, item_ids, hidden, target_mask, ends, sc.coverage_heads)
     # Readiness of block v sees the window its tokens read (the mask at the block's first token).
     first = jnp.where(present_B, jnp.argmax(is_block, axis=1), 0)                         # [B, U]
     block_masks = jnp.take_along_axis(mask_b, first[:, :, None], axis=1)                 # [B, U, W]
@@ -220,6 +245,5 @@ def decode_step(trunk_params: dict, sidecar_params: dict, cache: KVCache, tokens
         entries_BxW = jnp.full(mask_BxW.shape, cfg.K, jnp.int32)
     ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxW[:, None, :], entries=entries_BxW,
                       gate=gate_B)
-    hidden, cache = trunk_model.extend(trunk_params, tokens_B[:, None], cache, cfg=cfg.trunk, active_B=active_B,
-                                       hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
-    return hidden[:, 0], trunk_model.unembed(trunk_params, hidden)[:, 0], cache
+    return decode.forward(trunk_params, tokens_B, cache, active_B, cfg=cfg.trunk, hooks=cfg.hooks(), ctx=ctx,
+                          moe_impl=moe_impl)

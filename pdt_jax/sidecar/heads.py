@@ -1,5 +1,6 @@
-"""The sidecar's heads: planner, plan → snapshot 0, notes and speculation heads, coverage,
-agreement (readiness) and the stream classifier. All read the trunk's final hidden states.
+"""The sidecar's heads: planner, plan → snapshot 0, notes and speculation heads, agreement
+(readiness) and the stream classifier (coverage has its own module, ``coverage.py``). All read the
+trunk's final hidden states.
 """
 from __future__ import annotations
 
@@ -45,41 +46,6 @@ def block_pool(hidden_BxTxD: jax.Array, block_BxT: jax.Array, num_blocks: int) -
     counts = onehot.sum(axis=1)
     pooled = jnp.einsum("btu,btd->bud", onehot, hidden_BxTxD.astype(jnp.float32))
     return pooled / jnp.maximum(counts, 1.0)[..., None], counts > 0
-
-
-def coverage_logits(p: dict, plan_embed: jax.Array, item_ids_BxS: jax.Array, hidden_BxTxD: jax.Array,
-                    key_mask_BxT: jax.Array, ends_BxU: jax.Array, num_heads: int) -> jax.Array:
-    """Coverage of each plan item by a stream's text *up to the end of each block*: plan-item
-    queries (from E_plan) attend over the stream's hidden states. Every prefix's softmax at once:
-    an associative scan over time of the running (max, denominator, numerator) — the same online
-    softmax the runtime accumulates round by round — read at each block's last token ``ends``
-    (−1: no such block → logits 0). Returns float32 [B, U, S]."""
-    B, T, _ = hidden_BxTxD.shape
-    C = p["key"].shape[-1]
-    hd = C // num_heads
-    h = hidden_BxTxD.astype(jnp.float32)
-    q = (plan_embed[item_ids_BxS] @ p["query"]).reshape(B, -1, num_heads, hd)        # [B, S, H, hd]
-    k = (h @ p["key"]).reshape(B, T, num_heads, hd)
-    v = (h @ p["value"]).reshape(B, T, num_heads, hd)
-    valid = key_mask_BxT[:, None, None, :]
-    scores = jnp.where(valid, jnp.einsum("bshk,bthk->bhst", q, k) * hd ** -0.5, -1e30)   # [B, H, S, T]
-    den = valid.astype(jnp.float32) * jnp.ones_like(scores)
-    num = jnp.einsum("bhst,bthk->bhstk", den, v)
-
-    def combine(a, b):
-        (ma, da, na), (mb, db, nb) = a, b
-        m = jnp.maximum(ma, mb)
-        sa, sb = jnp.exp(ma - m), jnp.exp(mb - m)
-        return m, da * sa + db * sb, na * sa[..., None] + nb * sb[..., None]
-
-    _, den, num = jax.lax.associative_scan(combine, (scores, den, num), axis=3)
-    idx = jnp.clip(ends_BxU, 0, T - 1)
-    num_e = jnp.take_along_axis(num, idx[:, None, None, :, None], axis=3)           # [B, H, S, U, hd]
-    den_e = jnp.take_along_axis(den, idx[:, None, None, :], axis=3)
-    ctx = num_e / jnp.maximum(den_e, 1e-30)[..., None]
-    ctx = ctx.transpose(0, 3, 2, 1, 4).reshape(B, ends_BxU.shape[1], -1, C)           # [B, U, S, C]
-    logits = ctx @ p["score"] + p["bias"]
-    return jnp.where((ends_BxU >= 0)[..., None], logits, 0.0)
 
 
 def readiness_logit(p: dict, hidden_xD, window_xN, coverage_xS, note_xN) -> jax.Array:

@@ -14,11 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdt_jax import sampling
-from pdt_jax.trunk import model
+from pdt_jax.trunk import decode, model
 from pdt_jax.trunk.config import ConfigError, TrunkConfig
-from pdt_jax.trunk.hf_layout import CheckpointError, load_hf_params, read_hf_config
-from pdt_jax.trunk.params import init_trunk, trunk_specs
+from pdt_jax.trunk.hf_layout import CheckpointError, hf_dtype, load_hf_params, read_hf_config
+from pdt_jax.trunk.params import abstract_from_specs, axes_from_specs, init_trunk, path_str, trunk_specs
 
 CONVERTED_MARKER = "pdt_trunk.json"  # config of a converted (Orbax) trunk checkpoint
 
@@ -35,6 +34,14 @@ def pad_batch(sequences, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = s
     return ids, np.array([len(s) for s in seqs], np.int32)
+
+
+def trunk_shardings(cfg: TrunkConfig, mesh, rules=None):
+    """Every trunk leaf's NamedSharding on ``mesh`` from its declared logical axes."""
+    from pdt_jax.sharding import ShardingRules
+
+    specs = trunk_specs(cfg)
+    return (rules or ShardingRules()).tree(abstract_from_specs(specs), axes_from_specs(specs), mesh, prefix="trunk")
 
 
 def bucket(n: int, step: int = 64) -> int:
@@ -74,28 +81,35 @@ class Trunk:
         return cls(cfg, init_trunk(cfg, jax.random.key(seed), init_std), **kw)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str | None = None, **kw) -> "Trunk":
+    def from_pretrained(cls, path: str, dtype: str | None = None, mesh=None, rules=None, **kw) -> "Trunk":
         """Loads an HF GPT-OSS directory (config.json + safetensors, f32 or bf16) or a converted
         checkpoint (``pdt_trunk.json`` + Orbax ``params/``). ``dtype`` ('float32'|'bfloat16')
-        selects the parameter and compute dtype; default: the checkpoint's."""
+        selects the parameter and compute dtype; default: the checkpoint's. With a ``mesh`` every
+        leaf is restored straight onto its sharding (``rules``: default ``ShardingRules()``), each
+        device reading only its slice of a converted checkpoint."""
         if not os.path.isdir(path):
             raise CheckpointError(f"{path}: expected a checkpoint directory, found "
                                   f"{'a file' if os.path.exists(path) else 'nothing'}")
         if dtype is not None and dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype: expected 'float32' or 'bfloat16', found {dtype!r}")
+        shardings = lambda cfg: None if mesh is None else trunk_shardings(cfg, mesh, rules)
         if os.path.exists(os.path.join(path, CONVERTED_MARKER)):
-            from pdt_jax.trunk.checkpoint import load_converted
-            cfg, params = load_converted(path, dtype)
+            from pdt_jax.trunk.checkpoint import load_converted, read_converted_config
+            stored = read_converted_config(path)
+            cfg, params = load_converted(path, dtype, shardings(stored.replace(dtype=dtype or stored.dtype)))
             return cls(cfg, params, **kw)
         hf = read_hf_config(path)
         try:
-            cfg = TrunkConfig.from_hf(hf, dtype=dtype)
+            cfg = TrunkConfig.from_hf(hf, dtype=dtype or hf_dtype(hf, path))
         except ConfigError as e:
             raise CheckpointError(f"{os.path.join(path, 'config.json')}: {e}") from e
         if (hf.get("quantization_config") or {}).get("quant_method") == "mxfp4":
             raise CheckpointError(f"{path}: MXFP4-quantized checkpoint; convert it first with "
                                   f"`python -m converters.gpt_oss import --src {path} --dst DIR`")
-        params = load_hf_params(path, cfg, cfg.dtype, place=lambda _, a: jnp.asarray(a))
+        flat = None if mesh is None else {path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+            shardings(cfg), is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]}
+        place = (lambda _, a: jnp.asarray(a)) if flat is None else (lambda p, a: jax.device_put(a, flat[path_str(p)]))
+        params = load_hf_params(path, cfg, cfg.dtype, place=place)
         return cls(cfg, params, **kw)
 
     def save(self, path: str) -> None:
@@ -121,25 +135,23 @@ class Trunk:
     @staticmethod
     def _decode_fn(cfg, moe_impl, greedy, top_k, chunk, with_logits, params, cache, logits, active, key, eos, temperature,
                    top_p, steps):
-        """``steps`` (≤ ``chunk``, traced) generation steps in one dispatch: each samples from
-        ``logits``, retires the rows that produced EOS and runs the trunk on the sampled token.
-        Returns the tokens [B, chunk] (and the logits each step sampled from, [B, chunk, V])."""
+        """``steps`` (≤ ``chunk``, traced) generation steps in one dispatch, each a ``decode.step``
+        (no sidecar); a row that produced EOS stops. Returns the tokens [B, chunk] (and the logits
+        each step sampled from, [B, chunk, V])."""
         B, V = logits.shape
+        sampling = decode.Sampling(greedy=greedy, top_k=top_k)
 
         def step(i, carry):
             cache, logits, active, key, tokens, seen = carry
-            if greedy:  # static: no sampling branch, no key to split
-                sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            else:
+            sub = None
+            if not greedy:  # static: greedy steps split no key
                 key, sub = jax.random.split(key)
-                sampled = sampling.sample(logits, sub, temperature, top_p, top_k)
-            token = jnp.where(active, sampled, cfg.pad_token_id)
-            still = active & ~jnp.isin(token, eos)
-            hidden, cache = model.extend(params, token[:, None], cache, cfg=cfg, active_B=still, moe_impl=moe_impl)
+            token, _, new_logits, cache = decode.step(params, cache, logits, active, sub, sampling, cfg=cfg,
+                                                      temperature=temperature, top_p=top_p, moe_impl=moe_impl)
             tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
             if with_logits:
                 seen = jax.lax.dynamic_update_slice(seen, logits[:, None], (0, i, 0))
-            return cache, model.unembed(params, hidden)[:, 0], still, key, tokens, seen
+            return cache, new_logits, active & ~jnp.isin(token, eos), key, tokens, seen
 
         tokens = jnp.full((B, chunk), cfg.pad_token_id, jnp.int32)
         seen = jnp.zeros((B, chunk, V), jnp.float32) if with_logits else None

@@ -113,6 +113,34 @@ def iter_tensors(files: list[str]) -> Iterator[tuple[str, str, np.ndarray]]:
                                           f"({type(e).__name__}: {e})") from e
 
 
+def stored_float_dtype(dtypes) -> str | None:
+    """The model dtype that safetensors header dtypes ('F32', 'BF16', 'F16', 'U8', ...) stand for:
+    'float32' when every floating tensor is F32, 'bfloat16' when any is 16-bit; None without any
+    floating tensor (quantized blocks and scales are U8)."""
+    floats = {d for d in dtypes if d in ("F32", "BF16", "F16", "F64")}
+    if not floats:
+        return None
+    return "float32" if floats <= {"F32", "F64"} else "bfloat16"
+
+
+def hf_dtype(hf: dict, directory: str) -> str | None:
+    """The dtype a checkpoint directory holds: the one its config.json names, else its tensors'
+    (a config without ``dtype``/``torch_dtype`` does not make float32 tensors bfloat16)."""
+    named = hf.get("dtype") or hf.get("torch_dtype")
+    if named:
+        return named
+    from safetensors import safe_open
+
+    dtypes = set()
+    for path in safetensors_files(directory):
+        try:
+            with safe_open(path, framework="numpy") as f:
+                dtypes.update(f.get_slice(name).get_dtype() for name in f.keys())
+        except Exception as e:  # the library raises several types for bad headers
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    return stored_float_dtype(dtypes)
+
+
 def read_hf_config(directory: str) -> dict:
     path = os.path.join(directory, "config.json")
     try:

@@ -152,3 +152,30 @@ def test_bfloat16_import_and_export(layouts_dir, converted, tmp_path):
     _, back = load_converted(again)
     for name, value in flat(low).items():
         assert flat(back)[name].tobytes() == value.tobytes(), name
+
+
+@pytest.mark.parametrize("layout", ["hf", "hf-mxfp4"])
+def test_a_config_naming_no_dtype_keeps_the_tensors_dtype(layout, layouts_dir, converted, tmp_path):
+    """transformers may write a config.json without ``dtype``: float32 tensors must not be imported
+    (or loaded) as bfloat16 — the parameters equal the float32 import bit for bit."""
+    import json
+    import shutil
+
+    from pdt_jax.trunk import Trunk
+
+    src = tmp_path / "src"
+    shutil.copytree(layouts_dir[layout], src)
+    config = json.loads((src / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):
+        config.pop(key, None)
+    (src / "config.json").write_text(json.dumps(config))
+    dst = str(tmp_path / "imported")
+    cfg = gpt_oss.import_checkpoint(str(src), dst, progress=False)
+    assert cfg.dtype == "float32"
+    _, ref = load_converted(converted)
+    _, got = load_converted(dst)
+    for name, value in flat(ref).items():
+        np.testing.assert_array_equal(flat(got)[name], value, err_msg=name)
+    if layout == "hf":  # loaded directly, too
+        trunk = Trunk.from_pretrained(str(src))
+        assert trunk.cfg.dtype == "float32" and trunk.params["embed"].dtype == np.float32
