@@ -8,17 +8,16 @@ import numpy as np
 from pdt_jax.runtime.options import Cadence
 
 
+def every_by_stream(cfg: Cadence, stream_names, default_every: int) -> dict[str, int]:
+    """M per stream: its own ``--cadence-M``, else ``all=M``, else τ."""
+    every = dict(cfg.every)
+    base = every.get("all", default_every)
+    return {s: int(every.get(s, base)) for s in stream_names}
+
+
 class CadencePolicy:
     def __init__(self, cfg: Cadence, stream_names, default_every: int, seed: int):
-        every = dict(cfg.every)
-        unknown = sorted(set(every) - set(stream_names) - {"all"})
-        if unknown:
-            raise ValueError(f"--cadence-M: unknown stream(s) {unknown}; valid: {list(stream_names)} or 'all'")
-        base = every.get("all", default_every)
-        self.every = {s: int(every.get(s, base)) for s in stream_names}
-        for s, m in self.every.items():
-            if m < 1:
-                raise ValueError(f"--cadence-M {s}={m}: expected a positive number of tokens")
+        self.every = every_by_stream(cfg, stream_names, default_every)  # names checked by RuntimeOptions.resolve
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
 

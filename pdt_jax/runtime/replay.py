@@ -19,8 +19,9 @@ import os
 
 import numpy as np
 
+from pdt_jax.runtime.fields import NAMES as ROUND_KEYS
+
 VERSION = "1.0"
-ROUND_KEYS = ("tokens", "produced", "margins", "note", "coverage", "readiness", "window_size", "attended_delta")
 
 
 class ReplayError(ValueError):
@@ -34,7 +35,7 @@ def _atomic_savez(path: str, **arrays) -> None:
 
 
 class RecordingEngine:
-    """Wraps an engine, passes every call through, and writes what came back."""
+    """An engine that passes every call through to another engine and writes what came back."""
 
     def __init__(self, engine, directory: str, chunk_size: int = 256):
         if chunk_size < 1:
@@ -46,9 +47,6 @@ class RecordingEngine:
         self._round_calls = 0
         self._fetched = 0
         self._chunks = 0
-
-    def __getattr__(self, name):  # memory_bytes, bus_state, ...
-        return getattr(self.engine, name)
 
     def start(self, ids, lengths, plan_ids, seed_vectors):
         out = self.engine.start(ids, lengths, plan_ids, seed_vectors)
@@ -84,9 +82,6 @@ class RecordingEngine:
             return out
         return fetch_and_record
 
-    def round(self, window_round, active, remaining, gate):  # recorded too (not forwarded past us)
-        return self.submit(window_round, active, remaining, gate)()
-
     def _flush(self):
         if self._rounds:
             stacked = {k: np.stack([r[k] for r in self._rounds]) for k in ROUND_KEYS}
@@ -109,6 +104,9 @@ class RecordingEngine:
     def revert(self):
         self.calls.append({"call": "revert"})
         return self.engine.revert()
+
+    def memory_bytes(self):
+        return self.engine.memory_bytes()
 
     def finish(self, context: dict, catalogs) -> str:
         self._flush()
@@ -138,8 +136,9 @@ def read_manifest(directory: str) -> dict:
 
 
 class ReplayEngine:
-    """Serves the recorded results in call order, and refuses to go on if the orchestrator asks
-    for something the recording did not do (a replay that diverged would be meaningless)."""
+    """An engine that serves the recorded results in call order, and refuses to go on if the
+    orchestrator asks for something the recording did not do (a replay that diverged would be
+    meaningless)."""
 
     def __init__(self, directory: str):
         self.dir = directory
@@ -194,9 +193,6 @@ class ReplayEngine:
             return out
         return fetch
 
-    def round(self, window_round, active, remaining, gate):
-        return self.submit(window_round, active, remaining, gate)()
-
     def publish(self, rows, stamp):
         call = self._next("publish")
         if call["rows"] != np.asarray(rows).tolist() or call["stamp"] != int(stamp):
@@ -220,7 +216,7 @@ class ReplayEngine:
 def replay(directory: str):
     """Re-runs the orchestrator on the recorded tensors. Returns (manifests, per-token events)."""
     from pdt_jax.runtime import manifest as manifest_lib
-    from pdt_jax.runtime.options import Cadence, Counterfactuals, GateAnnealing, RuntimeOptions
+    from pdt_jax.runtime.options import RuntimeOptions
     from pdt_jax.runtime.orchestrator import Orchestrator
     from pdt_jax.model import PDTConfig
     from pdt_jax.sidecar.config import SidecarConfig
@@ -231,13 +227,9 @@ def replay(directory: str):
     ctx = engine.manifest
     o = dict(ctx["options"])
     o.setdefault("run_ahead", False)  # artifacts recorded before run-ahead existed made no such calls
-    tup = lambda xs: tuple(tuple(x) if isinstance(x, list) else x for x in xs)
-    o["cadence"] = Cadence(**{k: tup(v) if k == "every" else v for k, v in o["cadence"].items()})
-    o["gate_annealing"] = GateAnnealing(**o["gate_annealing"])
-    cf = o["counterfactuals"]
-    o["counterfactuals"] = Counterfactuals(**{k: tup(v) if isinstance(v, list) else v for k, v in cf.items()})
-    opts = RuntimeOptions(**o)
-    cfg = PDTConfig(TrunkConfig.from_mapping(ctx["model"]["trunk"]), SidecarConfig.from_mapping(ctx["model"]["sidecar"]))
+    cfg = PDTConfig(TrunkConfig.from_mapping(ctx["model"]["trunk"]), SidecarConfig.from_mapping(ctx["model"]["sidecar"]),
+                    mesh=tuple((ctx["model"].get("mesh") or {}).items()))
+    opts = RuntimeOptions.from_mapping(o).resolve(cfg.sidecar)
     try:
         tokenizer = Tokenizer.from_file(ctx["tokenizer"])
         decode = tokenizer.decode
@@ -246,10 +238,10 @@ def replay(directory: str):
     with open(os.path.join(directory, "plan_catalog.json")) as f:
         catalogs = json.load(f)
     names = ctx["streams"]
-    B = len(ctx["prompts"]) * len(names)
+    B = ctx.get("num_prompts", len(ctx["prompts"])) * len(names)  # prompts padded for the mesh included
     ids = np.zeros((B, 1), np.int32)
-    orch = Orchestrator(engine, names, opts, cfg.sidecar.block_size, cfg.sidecar.readiness_threshold,
-                        cfg.trunk.eos_token_ids, decode=decode, lag=cfg.sidecar.lag if opts.lag is None else opts.lag)
+    orch = Orchestrator(engine, names, opts, cfg.sidecar.block_size, cfg.trunk.eos_token_ids, decode=decode,
+                        bus_capacity=cfg.sidecar.bus_capacity)
     rec = orch.run(ids, np.ones(B, np.int32))
     if engine.pos != len(engine.calls):
         raise ReplayError(f"replay diverged: {len(engine.calls) - engine.pos} recorded calls were never asked for")

@@ -1,8 +1,7 @@
 """Running PDT (or the sequential baseline) on prompts: from strings to manifests. The launcher
-``launch/infer.py`` is a thin flag parser around these two functions."""
+``launch/infer.py`` parses configs and flags and calls these two functions."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -24,14 +23,28 @@ def plan_ids_for(catalog, cfg) -> np.ndarray:
     return ids
 
 
+def padded_prompts(prompts, model_cfg, mesh) -> list:
+    """The prompts, repeated at the end up to a multiple of the mesh's row groups (the ``batch``
+    rule: prompts are never split across devices); the extra ones get no manifest."""
+    groups = model_cfg.rules.size("batch", mesh)
+    extra = (-len(prompts)) % groups
+    return list(prompts) + [prompts[-1]] * extra
+
+
 def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *, stream_prefixes=None,
             seed_texts=None, catalog=None, replay_dir=None, replay_chunk_size=256, system=None, engine=None,
-            extra=None, on_event=None) -> list[dict]:
-    """P prompts × K streams in one batch. Returns one manifest per prompt."""
+            extra=None, on_event=None, mesh=None) -> list[dict]:
+    """P prompts × K streams in one batch on the model's mesh (or ``mesh``). Returns one manifest
+    per prompt."""
+    opts = opts.resolve(model_cfg.sidecar)
     names = model_cfg.sidecar.stream_names
-    P = len(prompts)
+    if engine is not None:
+        mesh = engine.mesh
+    mesh = mesh if mesh is not None else model_cfg.make_mesh()
+    batch = padded_prompts(prompts, model_cfg, mesh)
+    P = len(batch)
     prefixes = stream_prefixes or {}
-    rows = [tokenizer.prompt(p, system=system, prefix=prefixes.get(n, "")) for p in prompts for n in names]
+    rows = [tokenizer.prompt(p, system=system, prefix=prefixes.get(n, "")) for p in batch for n in names]
     ids, lengths = pad_batch(rows, pad_id=tokenizer.pad_id)
     T = bucket(ids.shape[1], 16)
     ids = np.pad(ids, ((0, 0), (0, T - ids.shape[1])), constant_values=tokenizer.pad_id)
@@ -40,7 +53,7 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
         raise ValueError(f"prompt + --max-new-tokens needs {max_len} positions; the model has "
                          f"{model_cfg.trunk.max_position_embeddings}")
     if engine is None:
-        engine = DeviceEngine(model_cfg, trunk_params, sidecar_params, opts, P, max_len)
+        engine = DeviceEngine(model_cfg, trunk_params, sidecar_params, opts, P, max_len, mesh=mesh)
     device = engine
     if replay_dir:
         engine = RecordingEngine(engine, replay_dir, replay_chunk_size)
@@ -54,23 +67,23 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
         sid, slen = pad_batch([tokenizer.encode(t) or [tokenizer.pad_id] for t in texts], pad_id=tokenizer.pad_id)
         vec = device.seed_vectors(sid, slen)                                   # [K, N]
         seed_vectors = np.broadcast_to(vec, (P,) + vec.shape).copy()
-    orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.sidecar.readiness_threshold,
-                        model_cfg.trunk.eos_token_ids, decode=tokenizer.decode,
-                        lag=model_cfg.sidecar.lag if opts.lag is None else opts.lag)
+    orch = Orchestrator(engine, names, opts, model_cfg.sidecar.block_size, model_cfg.trunk.eos_token_ids,
+                        decode=tokenizer.decode, bus_capacity=model_cfg.sidecar.bus_capacity)
 
     def on_round(entries):  # --stream-jsonl: each round's tokens as soon as the round is committed
         for e in token_records(entries, orch.token_text, opts.log_margins)[1]:
-            on_event(e)
+            if e["prompt_index"] < len(prompts):
+                on_event(e)
 
     rec = orch.run(ids, lengths, plan_ids, seed_vectors, on_round=on_round if on_event else None)
     catalogs = [catalog or [] for _ in prompts]
     out = manifest_lib.build(rec, prompts=prompts, stream_names=names, opts=opts, model_cfg=model_cfg,
                              decode=tokenizer.decode, catalogs=catalogs, extra=extra)
     if replay_dir:
-        context = {"prompts": list(prompts), "streams": list(names), "options": dataclasses.asdict(opts),
+        context = {"prompts": list(prompts), "num_prompts": P, "streams": list(names), "options": opts.to_mapping(),
                    "model": {"notes_dim": model_cfg.sidecar.notes_dim, "hidden_size": model_cfg.trunk.hidden_size,
                              "lm_vocab_size": model_cfg.trunk.vocab_size, "trunk": model_cfg.trunk.to_mapping(),
-                             "sidecar": model_cfg.sidecar.to_mapping()},
+                             "sidecar": model_cfg.sidecar.to_mapping(), "mesh": dict(model_cfg.mesh)},
                    "tokenizer": tokenizer.source, **model_cfg.sidecar.hashing_metadata(), **manifest_lib.git_info(),
                    "extra": extra or {}}
         engine.finish(context, catalogs)
@@ -79,36 +92,14 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
     return out
 
 
-def run_sequential(trunk, tokenizer, prompts, opts, *, system=None, extra=None) -> list[dict]:
+def run_sequential(model_cfg, trunk, tokenizer, prompts, opts, *, system=None, extra=None) -> list[dict]:
     """The sequential baseline: one stream per prompt, the trunk alone, cached decoding. Its
     manifest has the PDT schema (one stream named ``seq``, no notes, no rollbacks)."""
+    opts = opts.resolve(model_cfg.sidecar)
     rows = [tokenizer.prompt(p, system=system) for p in prompts]
     t0 = time.perf_counter()
     out = trunk.generate(rows, opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
                          top_k=opts.top_k, seed=opts.seed, eos_ids=trunk.cfg.eos_token_ids)
-    total = time.perf_counter() - t0
-    manifests = []
-    git = manifest_lib.git_info()
-    for p, prompt in enumerate(prompts):
-        ids = out.tokens[p]
-        text_ids = [t for t in ids if t not in set(trunk.cfg.eos_token_ids)]
-        text = tokenizer.decode(text_ids)
-        per = total / max(1, sum(len(t) for t in out.tokens))
-        manifests.append({
-            "schema": {"manifest": manifest_lib.SCHEMA, "notes": "2.0"}, "prompt": prompt, "prompt_index": p,
-            "baseline": "sequential",
-            "config": {"gate_g": 0.0, "alpha": 0.0, "max_new_tokens": opts.max_new_tokens, "rng_seed": opts.seed,
-                       "decode": {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k}},
-            "instrumented_layers": [],
-            "timings": {"bootstrap": 0.0, "total": total, "stride_durations": [],
-                        "run_ahead": {"dispatched": 0, "accepted": 0, "reverted": 0},
-                        "per_token": [{"stream": "seq", "token_index": i, "duration_s": per} for i in range(len(ids))]},
-            "streams": {"seq": {"text": text, "token_ids": ids, "token_texts": [tokenizer.decode([t]) for t in ids],
-                                "num_tokens": len(ids), "finished_eos": out.finished[p], "latest_version": 0,
-                                "gate": 0.0, "coverage": None}},
-            "gate_trace": [], "cadence_events": [], "rollbacks": [], "stride_commit_events": [],
-            "committed_blocks_by_stream": {"seq": [{"stride_id": 0, "committed": True, "token_ids": ids, "text": text}]},
-            "merged_answer": text, "rounds": len(ids), "plan": None, "counterfactuals": None,
-            "counterfactual_tags": [], **git, **(extra or {}),
-        })
-    return manifests
+    rec = manifest_lib.sequential_record(out.tokens, out.finished, time.perf_counter() - t0)
+    return manifest_lib.build(rec, prompts=prompts, stream_names=["seq"], opts=opts, model_cfg=model_cfg,
+                              decode=tokenizer.decode, extra=extra, baseline="sequential")

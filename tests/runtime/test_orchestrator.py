@@ -59,7 +59,8 @@ HIGH, LOW = 10.0, -10.0
 
 def orchestrate(script, opts, B=3, eos_at=None, lag=1):
     engine = ScriptedEngine(B, script, eos_at=eos_at)
-    orch = Orchestrator(engine, NAMES, opts, 2, 0.5, eos_ids=[1], lag=lag)
+    opts = dataclasses.replace(opts, lag=lag, readiness_threshold=0.5)
+    orch = Orchestrator(engine, NAMES, opts, 2, eos_ids=[1])
     return orch.run(np.zeros((B, 4), np.int32), np.full(B, 4, np.int32)), engine
 
 
@@ -103,7 +104,7 @@ def test_per_token_durations_add_up_to_the_round_time():
 def test_rounds_are_reported_as_they_are_decided():
     opts = RuntimeOptions(max_new_tokens=6)
     engine = ScriptedEngine(3, [[HIGH] * 3] * 5)
-    orch = Orchestrator(engine, NAMES, opts, 2, 0.5, eos_ids=[1])
+    orch = Orchestrator(engine, NAMES, dataclasses.replace(opts, lag=1, readiness_threshold=0.5), 2, eos_ids=[1])
     seen = []
     rec = orch.run(np.zeros((3, 4), np.int32), np.full(3, 4, np.int32),
                    on_round=lambda entries: seen.append((len(engine.calls), engine.fetched, len(entries))))

@@ -10,7 +10,7 @@ import pytest
 
 from pdt_jax import config_files
 from pdt_jax import model as pdt
-from pdt_jax.runtime import engine as eng
+from pdt_jax.runtime import program
 from pdt_jax.runtime.device import DeviceEngine
 from pdt_jax.runtime.manifest import deterministic_view
 from pdt_jax.runtime.options import Cadence, Counterfactuals, RuntimeOptions
@@ -76,24 +76,82 @@ def tokens(manifests):
     return [[s["token_ids"] for s in m["streams"].values()] for m in manifests]
 
 
-def test_forced_low_readiness_rolls_back_tokens_and_notes(model):
-    opts = RuntimeOptions(max_new_tokens=8, temperature=1.0, seed=3, max_retries=1)
+def test_a_rollback_removes_tokens_and_notes_and_the_retry_reads_fresher_notes(model):
+    """Greedy, readiness always low, Δ = 1. Round 0's retries could only repeat their attempts (the
+    notes they would add are the failed block's own, removed by the rollback): committed without
+    recomputing. From round 1 the retry reads the notes published at the end of the previous block,
+    which its attempt could not see yet: it is recomputed, reads a larger window, and — SNC acting —
+    writes different tokens; the failed attempts' notes are gone from the bus."""
+    opts = RuntimeOptions(max_new_tokens=12, max_retries=1, lag=1,
+                          gate_annealing=dataclasses.replace(RuntimeOptions().gate_annealing, enabled=False))
     manifests, spy = run(model, opts, side=low_readiness(model[2]), spy=True)
-    rb = [r for m in manifests for r in m["rollbacks"]]
-    assert rb and all(r["tokens_removed"] > 0 for r in rb)
+    changed = 0
     for m in manifests:
+        blocks = m["committed_blocks_by_stream"]
+        for name, stream_blocks in blocks.items():
+            assert stream_blocks[0]["forced_reason"] == "retry_identical" and stream_blocks[0]["retries"] == 0
+            for blk in stream_blocks[1:]:
+                assert blk["retries"] == 1 and blk["forced_reason"] == "max_retries"
+        assert not any(r["stride_index"] == 0 for r in m["rollbacks"])
+        assert len(m["rollbacks"]) == 3 * 2  # 3 streams × rounds 1 and 2
         for r in m["rollbacks"]:
-            block = next(b for b in m["committed_blocks_by_stream"][r["stream"]] if b["stride_id"] == r["stride_index"])
-            assert block["forced"] and block["token_ids"] != r["removed_token_ids"]
-        assert all(e["forced_commit_streams"] for e in m["stride_commit_events"])
-    # Every first attempt was rolled back: none of its notes may remain on the bus.
+            assert r["tokens_removed"] == 4 and r["note_removed"]
+            block = blocks[r["stream"]][r["stride_index"]]
+            changed += block["token_ids"] != r["removed_token_ids"]
+        assert m["stride_commit_events"][0]["forced_commit_reasons"] == {n: "retry_identical" for n in blocks}
+    assert changed > 0
+    # Rounds: 3 first attempts + a retry of rounds 1 and 2; every retry read more notes than its attempt.
+    assert len(spy.rounds) == 5
+    for attempt, retry in ((spy.rounds[1], spy.rounds[2]), (spy.rounds[3], spy.rounds[4])):
+        assert (retry["window_size"] > attempt["window_size"]).all()
+    # Every rolled-back attempt's note left the bus.
     bus = spy.engine.bus_state()
     live = bus["notes"][bus["valid"]]
-    first_attempts = [o for i, o in enumerate(spy.rounds) if i % 2 == 0]
-    for o in first_attempts:
+    for o in (spy.rounds[1], spy.rounds[3]):
         for note in o["note"]:
-            assert not np.any(np.all(np.isclose(live, note[None], atol=0), axis=-1))
-    assert len(live) > 0  # the retried blocks' notes are there
+            assert not np.any(np.all(live == note[None], axis=-1))
+    assert len(live) > 0  # the committed blocks' notes are there
+
+
+def test_a_retry_that_cannot_differ_is_committed_without_recomputing(model):
+    """γ = 1 and Δ = 0, greedy: every stream fails every block; a retry would restore the same state
+    and read the same window (its siblings' notes of the block are rolled back with it), so it
+    would repeat the attempt token for token. No round is recomputed: each block is committed,
+    recorded as forced with reason retry_identical, and its note stays published."""
+    opts = RuntimeOptions(max_new_tokens=12, readiness_threshold=1.0, lag=0, max_retries=2)
+    manifests, spy = run(model, opts, spy=True)
+    assert len(spy.rounds) == 3  # one dispatch per round: nothing recomputed
+    for m in manifests:
+        assert m["rollbacks"] == []
+        for blocks in m["committed_blocks_by_stream"].values():
+            assert [b["forced_reason"] for b in blocks] == ["retry_identical"] * 3
+        assert all(e["forced_commit_streams"] == list(m["streams"]) for e in m["stride_commit_events"])
+    assert spy.engine.bus_state()["valid"].sum() == 2 * 3 * 3  # every block's note is on the bus
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_a_rolled_back_round_is_regenerated_from_exactly_the_same_state(model, alpha):
+    """After a few committed rounds (the sliding-window rings have wrapped), a round is rolled back
+    and dispatched again with the same window: tokens, notes, coverage and readiness are identical —
+    caches, logits and accumulators (and the base cache when α < 1) are restored exactly."""
+    cfg, trunk, side, tok = model
+    opts = RuntimeOptions(max_new_tokens=64, alpha=alpha)
+    engine = DeviceEngine(cfg, trunk, side, opts, 1, 128)
+    rows = [tok.prompt(PROMPTS[0], prefix=PREFIXES[n]) for n in cfg.sidecar.stream_names]
+    from pdt_jax.trunk.api import pad_batch
+    ids, lengths = pad_batch(rows)
+    engine.start(ids, lengths, None, None)
+    every = np.ones(3, bool)
+    args = lambda v: (v, every, np.full(3, 4, np.int32), np.ones(3, np.float32))
+    for v in range(5):
+        engine.submit(*args(v))()
+        engine.publish(every, v + 1)
+    first = engine.submit(*args(5))()
+    engine.rollback(every, 6)
+    again = engine.submit(*args(5))()
+    assert lengths.max() + 5 * 4 > cfg.trunk.sliding_window
+    for name in ("tokens", "produced", "note", "coverage", "readiness", "margins"):
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
 
 
 def test_eos_stops_one_stream_while_the_others_continue(model):
@@ -110,13 +168,20 @@ def test_eos_stops_one_stream_while_the_others_continue(model):
     assert m["streams"]["stream_2"]["num_tokens"] == 10 and m["streams"]["stream_3"]["num_tokens"] == 10
 
 
-def test_ablating_notes_acts_only_when_the_gate_is_open(model):
-    base = RuntimeOptions(max_new_tokens=12)
+def test_ablating_notes_acts_through_snc_only(model):
+    """Every block commits (γ = 0) and the gate is fixed, so nothing but SNC can carry the notes:
+    hiding them changes the tokens; with SNC's output projection zero (adapters still acting) or
+    with g = 0, hiding them changes nothing, bit for bit."""
+    base = RuntimeOptions(max_new_tokens=12, readiness_threshold=0.0,
+                          gate_annealing=dataclasses.replace(RuntimeOptions().gate_annealing, enabled=False))
     ablate = dataclasses.replace(base, counterfactuals=Counterfactuals(ablate=("all",), tag="ablate-all"))
     assert tokens(run(model, base)) != tokens(run(model, ablate))
+    side = model[2]
+    no_snc = dict(side, layers=[dict(lp, snc=dict(lp["snc"], o=jnp.zeros_like(lp["snc"]["o"]))) for lp in side["layers"]])
+    assert tokens(run(model, base, side=no_snc)) == tokens(run(model, ablate, side=no_snc))
+    assert tokens(run(model, base, side=no_snc)) != tokens(run(model, dataclasses.replace(base, gate_g=0.0)))  # adapters act
     closed = dataclasses.replace(base, gate_g=0.0)
-    closed_ablate = dataclasses.replace(ablate, gate_g=0.0)
-    assert tokens(run(model, closed)) == tokens(run(model, closed_ablate))
+    assert tokens(run(model, closed)) == tokens(run(model, dataclasses.replace(ablate, gate_g=0.0)))
     m = run(model, ablate)[0]
     assert m["counterfactual_tags"] == ["ablate-all"] and m["counterfactuals"]["ablate_streams"] == ["all"]
 
@@ -175,10 +240,10 @@ def test_no_recompilation_across_rounds_rollbacks_and_prompts(model):
     opts = RuntimeOptions(max_new_tokens=9, temperature=1.0, max_retries=2)
     side = low_readiness(model[2])
     run(model, opts, side=side)  # compiles (or reuses) the programs
-    before = dict(eng.TRACE_COUNTS)
+    before = dict(program.TRACE_COUNTS)
     m = run(model, opts, prompts=["Who founded Kestrel Academy?", "Name a river."], side=side)
     assert sum(len(x["rollbacks"]) for x in m) > 0 and m[0]["rounds"] >= 3
-    assert dict(eng.TRACE_COUNTS) == before
+    assert dict(program.TRACE_COUNTS) == before
 
 
 def test_runtime_decodes_what_teacher_forced_training_predicts(model):
@@ -203,17 +268,3 @@ def test_runtime_decodes_what_teacher_forced_training_predicts(model):
     for k in range(3):
         predicted = logits[k, start[0, k] - 1: lens[0, k] - 1].argmax(-1).tolist()
         assert predicted == gen[k], f"stream {k}"
-
-
-@pytest.mark.parametrize("alpha", [1.0, 0.5])
-def test_a_rolled_back_block_is_regenerated_from_exactly_the_same_state(model, alpha):
-    """Greedy decoding, windows ablated (so a retry reads what the attempt read), readiness forced
-    low: every retry must reproduce the removed tokens — caches, logits and accumulators (and the
-    base cache when alpha < 1) are restored exactly."""
-    opts = RuntimeOptions(max_new_tokens=8, max_retries=1, alpha=alpha, gate_annealing=dataclasses.replace(
-        RuntimeOptions().gate_annealing, enabled=False), counterfactuals=Counterfactuals(ablate=("all",)))
-    m = run(model, opts, side=low_readiness(model[2]))[0]
-    assert m["rollbacks"]
-    for r in m["rollbacks"]:
-        block = next(b for b in m["committed_blocks_by_stream"][r["stream"]] if b["stride_id"] == r["stride_index"])
-        assert block["token_ids"] == r["removed_token_ids"]
