@@ -1,6 +1,10 @@
-"""launch/infer.py and launch/replay.py end to end (in-process), and their errors on bad input."""
+"""launch/infer.py and launch/replay.py end to end (in-process): the seed README's flags, the
+config files and their overrides, counterfactuals acting on an opened sidecar, and errors on bad
+input."""
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from launch import infer, replay
@@ -80,6 +84,12 @@ def test_sequential_baseline_manifest_is_schema_compatible(tmp_path, capsys):
     (["--prompt", "x", "--baseline", "medusa"], "--baseline medusa: not available yet"),
     (["--prompt", "x", "--alpha", "1.5"], "alpha: expected in [0, 1]"),
     (["--prompt", "x", "--cadence-M", "stream_1=0"], "expected a positive number of tokens"),
+    (["--prompt", "x", "--infer.max_new_tokns=3"], "unknown config field"),
+    (["--prompt", "x", "--config.sidecar.lag=minus"], "--config.sidecar.lag=minus"),
+    (["--prompt", "x", "--mesh", "data=2,pipeline=2"], "mesh axis 'pipeline' unknown"),
+    (["--prompt", "x", "--mesh", "data=64"], "needs 64 devices, found 1"),
+    (["--prompt", "x", "--no-such-flag"], "Unknown command line flag 'no-such-flag'"),
+    (["--prompt", "x", "stray"], "unexpected arguments ['stray']"),
 ])
 def test_bad_flags_fail_with_a_clear_message(argv, message, capsys):
     code, _, err = run(argv, capsys)
@@ -99,3 +109,73 @@ def test_replay_refuses_a_broken_artifact(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text('{"version": "0.1"}')
     assert replay.main(["--artifact", str(tmp_path), "--output", str(tmp_path / "o.json")]) == 2
     assert "field 'version': expected '1.0'" in capsys.readouterr().err
+
+
+def test_config_overrides_and_aliases_set_the_same_fields(tmp_path, capsys):
+    """--infer.* and --config.* overrides (config_flags) reach the run like the seed aliases do."""
+    code = infer.main(["--config=configs/model/pdt.py:tiny", "--prompt", "Hi.", "--infer.max_new_tokens=5",
+                       "--config.sidecar.lag=0", "--infer.counterfactuals.ablate=stream_2", "--mesh", "data=1",
+                       "--output", str(tmp_path / "m.json")])
+    assert code == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["config"]["max_new_tokens"] == 5 and m["config"]["read_lag_delta"] == 0  # Δ from the model config
+    assert m["counterfactuals"]["ablate_streams"] == ["stream_2"] and m["config"]["mesh"]["data"] == 1
+    assert all(s["num_tokens"] == 5 for s in m["streams"].values())
+    assert infer.main(["--help"]) == 0 and "--read-lag-delta" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def opened_checkpoint(tmp_path_factory):
+    """A tiny PDT checkpoint whose sidecar acts: SNC and adapters with non-zero output projections."""
+    from pdt_jax import config_files, model as pdt
+    from pdt_jax.sidecar.checkpoint import save_sidecar
+    from pdt_jax.trunk import Trunk
+
+    cfg = config_files.pdt_config(config_files.load("configs/model/pdt.py:tiny"))
+    root = tmp_path_factory.mktemp("ckpt")
+    Trunk.random(cfg.trunk, seed=0, init_std=0.1).save(str(root / "trunk"))
+    side = pdt.init_sidecar(cfg, jax.random.key(1))
+    keys = iter(jax.random.split(jax.random.key(2), 16))
+    side["layers"] = [dict(lp, snc=dict(lp["snc"], o=0.5 * jax.random.normal(next(keys), lp["snc"]["o"].shape)),
+                           adapter=dict(lp["adapter"], up=0.5 * jax.random.normal(next(keys), lp["adapter"]["up"].shape)),
+                           snc_gate=jnp.float32(2.0), adapter_gate=jnp.float32(2.0)) for lp in side["layers"]]
+    save_sidecar(str(root / "sidecar.safetensors"), side, cfg.trunk, cfg.sidecar)
+    return root
+
+
+def margins_by_round(m):
+    """{(stream, round): the top-2 logit margins of its tokens}: a function of the logits."""
+    out = {}
+    for t in m["timings"]["per_token"]:
+        out.setdefault((t["stream"], t["stride_index"]), []).append(t["top2_margin"])
+    return out
+
+
+@pytest.mark.parametrize("flag,value,affected,at", [
+    ("--cf-ablate", "stream_3", {"stream_3"}, 0),              # snapshot 0 hidden from stream 3 from round 0
+    ("--cf-swap", "stream_1:stream_2", {"stream_1", "stream_2", "stream_3"}, 1),  # every reader: who wrote the notes
+    ("--cf-shuffle", "stream_3", {"stream_3"}, 1),             # stream 3's note vectors permuted (once there are several)
+    ("--cf-freeze", "stream_2", {"stream_2"}, 1),              # stream 2 keeps reading round 0's window
+    ("--cf-stale", "stream_1:1", {"stream_1"}, 1),             # stream 1 loses the newest published note
+])
+def test_each_counterfactual_changes_the_logits_of_the_streams_it_edits(flag, value, affected, at, opened_checkpoint,
+                                                                       tmp_path, capsys):
+    """With a sidecar that acts, each counterfactual changes the logits (their top-2 margins) of the
+    streams whose window it edits, from the first round its edit can matter, and no other stream's
+    until then. Greedy, Δ = 0, every block committed, the gate fixed: nothing else moves the logits.
+    (Two compiled programs may differ in the last bits: 'unchanged' allows 1e-5, 'changed' needs 1e-3.)"""
+    common = ["--prompt", "Tell me about Velmora.", "--checkpoint", str(opened_checkpoint), "--max-new-tokens", "8",
+              "--read-lag-delta", "0", "--readiness-threshold", "0", "--no-gate-annealing", "--log-margins"]
+    assert run(common + ["--output", str(tmp_path / "base.json")], capsys)[0] == 0
+    code, _, err = run(common + [flag, value, "--output", str(tmp_path / "cf.json")], capsys)
+    assert code == 0, err
+    base = margins_by_round(json.loads((tmp_path / "base.json").read_text()))
+    cf = margins_by_round(json.loads((tmp_path / "cf.json").read_text()))
+    moved = lambda stream, r: max(abs(a - b) for a, b in zip(cf[(stream, r)], base[(stream, r)]))
+    for stream in ("stream_1", "stream_2", "stream_3"):
+        for r in range(at):
+            assert moved(stream, r) <= 1e-5, (stream, r)
+        if stream in affected:
+            assert moved(stream, at) > 1e-3, stream
+        else:
+            assert moved(stream, at) <= 1e-5, stream
