@@ -26,14 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from bench._hbm import peak_bandwidth, step_bytes  # noqa: E402
 from bench._timing import best_of_interleaved  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
-from pdt_jax import model as pdt  # noqa: E402
+from pdt_jax.runtime.cli import init_params  # noqa: E402
 from pdt_jax.runtime.options import RuntimeOptions  # noqa: E402
 from pdt_jax.runtime.run import run_pdt  # noqa: E402
 from pdt_jax.tokenizer import Tokenizer  # noqa: E402
 from pdt_jax.trunk import Trunk  # noqa: E402
-from pdt_jax.trunk.params import init_trunk  # noqa: E402
+from pdt_jax.trunk.moe import pick_impl  # noqa: E402
 
 
 def main(argv=None):
@@ -42,12 +43,12 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256, help="per stream")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    args, overrides = ap.parse_known_args(argv)  # --config.x=y overrides go to config_flags
 
-    cfg = config_files.pdt_config(config_files.load(args.config))
-    cfg = pdt.PDTConfig(cfg.trunk.replace(eos_token_ids=()), cfg.sidecar)  # fixed lengths
-    trunk_p = init_trunk(cfg.trunk, jax.random.key(0), 0.05)
-    side_p = pdt.init_sidecar(cfg, jax.random.key(1))
+    cfg = config_files.pdt_config(config_files.load(args.config, overrides))
+    cfg = dataclasses.replace(cfg, trunk=cfg.trunk.replace(eos_token_ids=()))  # fixed lengths
+    mesh = cfg.make_mesh()
+    trunk_p, side_p = init_params(cfg, 0, mesh, init_std=0.05)  # on their shardings, like launch/infer.py
     tok = Tokenizer.tiny()
     prompt = "Tell me some facts about Velmora."
     N, K, tau = args.new_tokens, cfg.K, cfg.sidecar.block_size
@@ -61,7 +62,7 @@ def main(argv=None):
 
     def pdt_run(name, o):
         def run():
-            m = run_pdt(cfg, trunk_p, side_p, tok, [prompt], o)[0]
+            m = run_pdt(cfg, trunk_p, side_p, tok, [prompt], o, mesh=mesh)[0]
             runs[name].append(m["timings"])
             return m
         return run
@@ -82,7 +83,7 @@ def main(argv=None):
     produced = sum(s["num_tokens"] for s in m["streams"].values())
     seq_s, batched_s, batched_tau_s = best["seq"], best["batched"], best["batched_tau"]
 
-    r = {"config": args.config, "streams": K, "tokens_per_stream": N, "tokens_total": produced, "block_size": tau,
+    r = {"config": args.config, "overrides": overrides, "dtype": cfg.trunk.dtype, "streams": K, "tokens_per_stream": N, "tokens_total": produced, "block_size": tau,
          "decode_chunk": trunk.decode_chunk, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
          "pdt_wall_s": decode_s["pdt"], "pdt_no_run_ahead_wall_s": decode_s["pdt_wait"],
          "pdt_with_manifest_wall_s": best["pdt"], "sequential_wall_s": seq_s, "batched_trunk_wall_s": batched_s,
@@ -100,6 +101,17 @@ def main(argv=None):
     r["machinery_overhead_vs_tau_dispatch"] = r["pdt_wall_s"] / batched_tau_s - 1
     r["machinery_overhead_with_manifest"] = best["pdt"] / batched_s - 1
     r["run_ahead_speedup"] = r["pdt_no_run_ahead_wall_s"] / r["pdt_wall_s"]
+    # Memory traffic (bench/_hbm.py): a PDT step reads the trunk once for its 3 rows, plus the
+    # sidecar's instrumented layers; the sequential step reads it for one row. Prefill is included
+    # in the wall times, so these are lower bounds on the decode steps' bandwidth.
+    ctx = len(ids) + N // 2
+    peak = peak_bandwidth(jax.devices()[0].device_kind)
+    r["pdt_bytes_per_step"] = step_bytes(cfg.trunk, K, ctx, pick_impl(K, cfg.trunk), side_p)
+    r["sequential_bytes_per_step"] = step_bytes(cfg.trunk, 1, ctx, pick_impl(1, cfg.trunk))
+    r["pdt_achieved_bandwidth"] = r["pdt_bytes_per_step"] * N / r["pdt_wall_s"]
+    r["sequential_achieved_bandwidth"] = r["sequential_bytes_per_step"] * K * N / seq_s
+    r["pdt_hbm_utilisation"] = r["pdt_achieved_bandwidth"] / peak if peak else None
+    r["sequential_hbm_utilisation"] = r["sequential_achieved_bandwidth"] / peak if peak else None
     print(f"parallel decode, {args.config}, K={K} streams x {N} tokens, tau={tau}, "
           f"{r['device']} x{os.cpu_count()} cores")
     print(f"{'':<46}{'wall s':>10}{'tok/s':>10}")
@@ -113,6 +125,9 @@ def main(argv=None):
     print(f"PDT machinery overhead vs batched trunk: {100 * r['machinery_overhead']:+.1f}% (target <= 15%); "
           f"vs the batched trunk at PDT's dispatch cadence: {100 * r['machinery_overhead_vs_tau_dispatch']:+.1f}%; "
           f"with the manifest written: {100 * r['machinery_overhead_with_manifest']:+.1f}%")
+    if peak:
+        print(f"HBM bandwidth utilisation: PDT {100 * r['pdt_hbm_utilisation']:.1f}%, sequential "
+              f"{100 * r['sequential_hbm_utilisation']:.1f}% of {peak / 1e12:.2f} TB/s")
     print(f"run-ahead: {r['run_ahead_speedup']:.2f}x faster than waiting for each round's decisions "
           f"({r['run_ahead_accepted']} rounds dispatched ahead and kept, {r['run_ahead_reverted']} reverted)")
     if args.json:

@@ -11,6 +11,7 @@ attribute cost, and a difference between two variants is what the removed part c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ from bench._timing import best_of_interleaved  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
 from pdt_jax import model as pdt  # noqa: E402
 from pdt_jax.runtime import device as device_lib  # noqa: E402
-from pdt_jax.runtime import engine as engine_lib  # noqa: E402
+from pdt_jax.runtime import program as program_lib  # noqa: E402
 from pdt_jax.runtime.options import RuntimeOptions  # noqa: E402
 from pdt_jax.sidecar import heads, hooks  # noqa: E402
 from pdt_jax.tokenizer import Tokenizer  # noqa: E402
@@ -58,11 +59,11 @@ def stubs(cfg):
     no_snc = [(hooks.SidecarHooks, "after_attention", lambda self, layer, h, ctx: h),
               (hooks.HookContext, "with_snc_kv", lambda self, h: self)]
     no_adapters = [(hooks.SidecarHooks, "after_mlp", lambda self, layer, h, ctx: h)]
-    no_heads = [(engine_lib, "_coverage_update", lambda p, e, items, h, valid, small, n: (
+    no_heads = [(program_lib, "coverage_step", lambda p, items, h, valid, small, n: (
                     jnp.zeros((h.shape[0], items.shape[1]), jnp.float32), small)),
                 (heads, "readiness_logit", lambda p, pooled, *a: jnp.zeros(pooled.shape[0], jnp.float32)),
                 (heads, "note_head", lambda p, pooled: jnp.zeros((pooled.shape[0], cfg.sidecar.notes_dim), jnp.float32))]
-    no_margins = [(engine_lib, "_top2_margin", lambda logits: jnp.zeros(logits.shape[0], jnp.float32))]
+    no_margins = [(program_lib, "top2_margin", lambda logits: jnp.zeros(logits.shape[0], jnp.float32))]
     return {"full round": [], "without SNC": no_snc, "without adapters": no_adapters,
             "without coverage/note/readiness heads": no_heads, "without top-2 margins": no_margins,
             "without all of these": no_snc + no_adapters + no_heads + no_margins}
@@ -74,10 +75,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    args, overrides = ap.parse_known_args(argv)  # --config.x=y overrides go to config_flags
 
-    cfg = config_files.pdt_config(config_files.load(args.config))
-    cfg = pdt.PDTConfig(cfg.trunk.replace(eos_token_ids=()), cfg.sidecar)
+    cfg = config_files.pdt_config(config_files.load(args.config, overrides))
+    cfg = dataclasses.replace(cfg, trunk=cfg.trunk.replace(eos_token_ids=()))
     trunk_p = init_trunk(cfg.trunk, jax.random.key(0), 0.05)
     side_p = pdt.init_sidecar(cfg, jax.random.key(1))
     tok = Tokenizer.tiny()
@@ -92,10 +93,10 @@ def main(argv=None):
     fns = {}
     for name, changes in stubs(cfg).items():
         with patched(*changes):
-            device_lib._programs.cache_clear()  # trace this variant's programs now, with the stubs
+            program_lib.programs.cache_clear()  # trace this variant's programs now, with the stubs
             engine = device_lib.DeviceEngine(cfg, trunk_p, side_p, opts, 1, max_len)
             engine.start(ids, lengths, None, None)
-            engine.round(0, active, remaining, gate)
+            engine.submit(0, active, remaining, gate)()
 
         def rounds(engine=engine):
             engine.start(ids, lengths, None, None)
@@ -105,7 +106,7 @@ def main(argv=None):
             fetch()
             return time.perf_counter() - t0
         fns[name] = rounds
-    device_lib._programs.cache_clear()
+    program_lib.programs.cache_clear()
     trunk = Trunk(cfg.trunk, trunk_p)
     trunk.decode_chunk = tau
     trunk.generate([row] * K, R * tau, eos_ids=[])

@@ -1,0 +1,171 @@
+"""Per-device memory of PDT's programs at the real GPT-OSS-20B shapes, from XLA's own plan: the
+programs are lowered and compiled on fake CPU devices with abstract inputs (no weights allocated).
+
+    python bench/memory_plan.py [--config=configs/model/pdt.py] [--config.trunk.num_layers=2] [--devices=8] \
+        [--json out.json]
+
+Plans (one ``per_device_bytes_<plan>`` field each):
+  * ``infer``: the runtime's round program (τ decode steps of every row with SNC, notes, coverage,
+    readiness), P prompts × K streams with a ``--context``-token KV cache, bf16, on the config's
+    mesh (default: 8 devices, experts split over them). Detail fields: weights (trunk + sidecar),
+    KV caches, bus, per-row state, XLA temporaries, and the compiled program's own argument /
+    output / alias / temporary sizes. Also the start program (prefill of ``--prompt-tokens``).
+    XLA:CPU has no bf16 matmul and upcasts the weights inside the program, so the bf16 figure is an
+    upper bound; ``per_device_bytes_infer_gpu_estimate`` takes the temporaries of the f32 program.
+Target: every plan ≤ 80 GB per device (an H100).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GB = 1e9
+H100_BYTES = 80e9
+
+
+def _fake_devices(n: int) -> None:
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "jax" in sys.modules:
+        raise RuntimeError("bench/memory_plan.py sets the fake device count before jax is imported")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes of a pytree of sharded ShapeDtypeStructs on its most loaded device."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        total += int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+    return total
+
+
+def infer_plan(cfg, prompts: int, context: int, prompt_tokens: int) -> dict:
+    """Compiles the start and round programs with abstract, sharded inputs; returns the figures."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdt_jax.runtime import program as prog
+    from pdt_jax.sidecar.params import sidecar_specs
+    from pdt_jax.trunk.params import abstract_from_specs, trunk_specs
+
+    mesh = cfg.make_mesh()
+    rules = cfg.rules
+    K, sc = cfg.K, cfg.sidecar
+    P, B, tau = prompts, prompts * cfg.K, sc.block_size
+    moe_impl = "dense" if rules.size("experts", mesh) > 1 else "auto"
+    static = prog.RoundStatic(cfg, tau, 0, False, (), moe_impl, greedy=True, freeze=False, ablate=False)
+    slack, bus_slack = 2 * tau + 1, 3
+    t0 = time.perf_counter()
+    progs = prog.programs(static, mesh, rules, P, prompt_tokens, context, slack, bus_slack, ())
+    sh = progs.shardings
+    with_sh = lambda tree, shardings: jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+    trunk = with_sh(abstract_from_specs(trunk_specs(cfg.trunk)), sh["trunk"])
+    side = with_sh(abstract_from_specs(sidecar_specs(cfg.trunk, cfg.sidecar)), sh["sidecar"])
+    rep = sh["replicated"]
+    scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)
+    ids = jax.ShapeDtypeStruct((B, prompt_tokens), jnp.int32, sharding=jax.sharding.NamedSharding(
+        mesh, rules.spec((B, prompt_tokens), ("batch", None), mesh)))
+    rows = lambda dt: jax.ShapeDtypeStruct((B,), dt, sharding=sh["rows"])
+    start_args = (trunk, side, ids, rows(jnp.int32), scalar(jnp.float32), scalar(jnp.float32), None, None)
+    start = progs.start.lower(*start_args).compile()
+    shapes = jax.eval_shape(progs.start, *start_args)
+    cache, base, small, planner, plan_ids, item_ids, bus, snap = shapes
+    cache, small, bus = with_sh(cache, sh["cache"]), with_sh(small, sh["small"]), with_sh(bus, sh["bus"])
+    item_ids = jax.ShapeDtypeStruct(item_ids.shape, item_ids.dtype, sharding=jax.sharding.NamedSharding(
+        mesh, rules.spec(item_ids.shape, ("batch", None), mesh)))
+    pub = jax.ShapeDtypeStruct((P, K), jnp.bool_, sharding=sh["prompts"])
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
+    round_args = (pub, scalar(jnp.int32), trunk, side, cache, None, small, bus, item_ids, scalar(jnp.int32),
+                  scalar(jnp.int32), rows(jnp.bool_), rows(jnp.int32), rows(jnp.float32), scalar(jnp.float32),
+                  scalar(jnp.float32), scalar(jnp.float32), key, {})
+    compiled = progs.round.lower(*round_args).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    smem = start.memory_analysis()
+    weights = per_device_bytes(trunk) + per_device_bytes(side)
+    kv, bus_b, state = per_device_bytes(cache), per_device_bytes(bus), per_device_bytes(small)
+    temp = int(mem.temp_size_in_bytes)
+    out = {
+        "per_device_bytes_infer": weights + kv + bus_b + state + temp,
+        "infer_weights_bytes": weights, "infer_trunk_bytes": per_device_bytes(trunk),
+        "infer_sidecar_bytes": per_device_bytes(side), "infer_kv_cache_bytes": kv, "infer_bus_bytes": bus_b,
+        "infer_row_state_bytes": state, "infer_temp_bytes": temp,
+        "infer_compiled_argument_bytes": int(mem.argument_size_in_bytes),
+        "infer_compiled_output_bytes": int(mem.output_size_in_bytes),
+        "infer_compiled_alias_bytes": int(mem.alias_size_in_bytes),
+        "infer_start_temp_bytes": int(smem.temp_size_in_bytes),
+        "per_device_bytes_infer_start": weights + kv + bus_b + state + int(smem.temp_size_in_bytes),
+        "infer_prompts": P, "infer_streams": K, "infer_rows": B, "infer_context": context,
+        "infer_prompt_tokens": prompt_tokens, "infer_dtype": cfg.trunk.dtype, "infer_layers": cfg.trunk.num_layers,
+        "infer_mesh": {k: int(v) for k, v in mesh.shape.items()}, "infer_moe_impl": moe_impl,
+        "infer_compile_s": compile_s,
+    }
+    out["infer_fits_h100"] = max(out["per_device_bytes_infer"], out["per_device_bytes_infer_start"]) <= H100_BYTES
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/model/pdt.py",
+                    help="model config; its fields can be overridden: --config.trunk.num_layers=2")
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--context", type=int, default=8192, help="KV-cache length (tokens per row)")
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--json", default=None)
+    args, overrides = ap.parse_known_args(argv)
+    _fake_devices(args.devices)
+
+    import jax
+
+    from pdt_jax import config_files
+
+    cfg = config_files.pdt_config(config_files.load(args.config, overrides))
+    print(f"memory plan, {args.config} {' '.join(overrides)}, {len(jax.devices())} {jax.devices()[0].platform} "
+          f"devices, mesh {dict(cfg.mesh)}", flush=True)
+    r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices())}
+    r.update(infer_plan(cfg, args.prompts, args.context, args.prompt_tokens))
+    if cfg.trunk.dtype == "bfloat16":
+        # XLA:CPU has no bf16 dot: it converts the weights to f32 inside the program, so the bf16
+        # plan's temporaries hold f32 copies of every layer's weights that a GPU never makes. The
+        # same program compiled in f32 has no such copies (and activations twice as wide as bf16):
+        # its temporaries bound what a GPU needs.
+        f32 = infer_plan(dataclasses.replace(cfg, trunk=cfg.trunk.replace(dtype="float32")), args.prompts,
+                         args.context, args.prompt_tokens)
+        r["infer_temp_bytes_f32_program"] = f32["infer_temp_bytes"]
+        r["per_device_bytes_infer_gpu_estimate"] = (r["per_device_bytes_infer"] - r["infer_temp_bytes"]
+                                                    + f32["infer_temp_bytes"])
+    print(f"infer: {r['infer_prompts']} prompts x {r['infer_streams']} streams, context {r['infer_context']}, "
+          f"{r['infer_dtype']}, {r['infer_layers']} layers, mesh {r['infer_mesh']}, MoE {r['infer_moe_impl']} "
+          f"(compiled in {r['infer_compile_s']:.0f} s)")
+    for name, key in (("weights (trunk + sidecar)", "infer_weights_bytes"), ("  trunk", "infer_trunk_bytes"),
+                      ("  sidecar", "infer_sidecar_bytes"), ("KV caches", "infer_kv_cache_bytes"),
+                      ("bus", "infer_bus_bytes"), ("per-row state", "infer_row_state_bytes"),
+                      ("round temporaries", "infer_temp_bytes"), ("ROUND per device", "per_device_bytes_infer"),
+                      ("prefill temporaries", "infer_start_temp_bytes"),
+                      ("START per device", "per_device_bytes_infer_start")):
+        print(f"  {name:<28}{r[key] / GB:>10.2f} GB")
+    if "per_device_bytes_infer_gpu_estimate" in r:
+        print(f"  {'round temporaries, f32 program':<28}{r['infer_temp_bytes_f32_program'] / GB:>10.2f} GB   "
+              f"(no CPU bf16->f32 weight copies)")
+        print(f"  {'ROUND per device, GPU est.':<28}{r['per_device_bytes_infer_gpu_estimate'] / GB:>10.2f} GB")
+    print(f"  fits an 80 GB H100: {r['infer_fits_h100']} (the bf16 CPU plan, an upper bound)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return r
+
+
+if __name__ == "__main__":
+    main()
