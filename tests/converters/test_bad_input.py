@@ -133,7 +133,8 @@ def test_failure_midway_removes_the_partial_checkpoint(layouts_dir, tmp_path, mo
 def test_command_line_exit_code_and_mesh(layouts_dir, converted, tmp_path):
     """The real entry point: an error exits non-zero; --mesh over 2 CPU devices places and writes
     each leaf from its shards, giving the same checkpoint."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "converters.gpt_oss", "import", "--src", layouts_dir["original"], "--quiet",
            "--dtype", "float32", "--mesh", "fsdp=2", "--dst"]
     cwd = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
