@@ -128,17 +128,36 @@ def _set(cd, path: str, value):
     cd[name] = value
 
 
+def _flag_value(argv, name: str) -> str | None:
+    """The value of --name=V or --name V in argv (the last one), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
 def parse(argv, default_infer: str):
     """argv (program name first) → (model ConfigDict, inference ConfigDict), aliases applied."""
     argv = list(argv)
+    for name in ("config", "infer"):  # a missing file is named plainly (config_flags raises a bare OSError)
+        path = _flag_value(argv, name) or (default_infer if name == "infer" else None)
+        if path and not os.path.isfile(path.partition(":")[0]):
+            raise UsageError(f"--{name} {path}: file {path.partition(':')[0]!r} not found")
     fv = flags.FlagValues()
     try:
         _define(fv, argv, default_infer)
         rest = fv(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError) as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, OSError) as e:
         message = str(e).strip('"')
         if isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config field {message} (in {[a for a in argv[1:] if '.' in a.split('=')[0]]})"
+            overrides = [a for a in argv[1:] if a.startswith(("--config.", "--infer."))]
+            message = f"unknown config field {message} (in {overrides})"
+        elif "Traceback" in message:  # an error inside a config file: config_flags embeds its traceback
+            lines = [line for line in message.splitlines() if line.strip()]
+            message = f"{lines[0]} {lines[-1].strip()}"
         raise UsageError(message) from None
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments {rest[1:]}; every value needs its flag")

@@ -90,6 +90,8 @@ def test_sequential_baseline_manifest_is_schema_compatible(tmp_path, capsys):
     (["--prompt", "x", "--mesh", "data=64"], "needs 64 devices, found 1"),
     (["--prompt", "x", "--no-such-flag"], "Unknown command line flag 'no-such-flag'"),
     (["--prompt", "x", "stray"], "unexpected arguments ['stray']"),
+    (["--prompt", "x", "--infer=configs/nope.py"], "--infer configs/nope.py: file 'configs/nope.py' not found"),
+    (["--prompt", "x", "--infer=configs/infer.py:huge"], "unknown variant 'huge'"),
 ])
 def test_bad_flags_fail_with_a_clear_message(argv, message, capsys):
     code, _, err = run(argv, capsys)
