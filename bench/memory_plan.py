@@ -62,7 +62,7 @@ def infer_plan(cfg, prompts: int, context: int, prompt_tokens: int) -> dict:
     rules = cfg.rules
     K, sc = cfg.K, cfg.sidecar
     P, B, tau = prompts, prompts * cfg.K, sc.block_size
-    moe_impl = "dense" if rules.size("experts", mesh) > 1 else "auto"
+    moe_impl = cfg.moe_impl(mesh)
     static = prog.RoundStatic(cfg, tau, 0, False, (), moe_impl, greedy=True, freeze=False, ablate=False)
     slack, bus_slack = 2 * tau + 1, 3
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifact", required=True)
-    ap.add_argument("--output", required=True, help="manifest path (a directory when the run had several prompts)")
+    ap.add_argument("--output", required=True, help="manifest path (a directory when the run read --prompts-file)")
     ap.add_argument("--stream-jsonl", action="store_true")
     ap.add_argument("--include-events", action="store_true", help="keep the per-token event log in the manifest")
     args = ap.parse_args(argv)
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     if args.include_events:
         for m in manifests:
             m["events"] = [e for e in events if e["prompt_index"] == m["prompt_index"]]
-    if len(manifests) == 1:
+    if len(manifests) == 1 and not manifests[0].get("prompt_file"):  # as launch/infer.py wrote them
         with open(args.output, "w") as f:
             json.dump(manifests[0], f, indent=1)
     else:

@@ -50,6 +50,12 @@ class PDTConfig:
     def make_mesh(self, devices=None):
         return make_mesh(dict(self.mesh), devices)
 
+    def moe_impl(self, mesh) -> str:
+        """With the experts split over devices, every device runs its own experts on every token
+        and the combine sums over devices (``dense``): ``gather``/``ragged`` would fetch other
+        devices' expert weights. Otherwise the trunk picks by token count."""
+        return "dense" if self.rules.size("experts", mesh) > 1 else "auto"
+
     def hooks(self) -> SidecarHooks:
         return SidecarHooks(layers=self.sidecar.layers_for(self.trunk), num_streams=self.K)
 

@@ -279,8 +279,12 @@ def run_cli(model_cd, c) -> int:
         extra["reference_notes"] = inputs.stream_map(c.notes_text_file, "--notes-text-file", names)
     if c.baseline == "sequential":
         from pdt_jax.trunk import Trunk
-        manifests = run_sequential(cfg, Trunk(cfg.trunk, trunk_params), tokenizer, prompts, opts,
-                                   system=c.system or None, extra=dict(extra, **cfg.sidecar.hashing_metadata()))
+        if opts.memory_report or opts.sync_profile:
+            raise ValueError("--memory-report and --sync-profile measure PDT's rounds; the sequential baseline "
+                             "(one generate call) has none")
+        trunk = Trunk(cfg.trunk, trunk_params, moe_impl=cfg.moe_impl(mesh))
+        manifests = run_sequential(cfg, trunk, tokenizer, prompts, opts, system=c.system or None,
+                                   extra=dict(extra, **cfg.sidecar.hashing_metadata()))
     else:
         prefixes = inputs.stream_map(c.stream_prefix_file, "--stream-prefix-file", names) if c.stream_prefix_file else None
         seeds = inputs.stream_map(c.seed_text_file, "--seed-text-file", names) if c.seed_text_file else {}

@@ -50,9 +50,7 @@ class DeviceEngine:
         cf = opts.counterfactuals
         swap = tuple((sc.stream_index(a), sc.stream_index(b)) for a, b in cf.swap)
         canonical = bool(cf.stale or cf.shuffle or cf.freeze)
-        # Experts split over devices: every device runs its own experts on every token (moe.py).
-        moe_impl = "dense" if self.rules.size("experts", self.mesh) > 1 else "auto"
-        self.static = prog.RoundStatic(cfg, self.tau, int(opts.top_k), opts.alpha < 1.0, swap, moe_impl,
+        self.static = prog.RoundStatic(cfg, self.tau, int(opts.top_k), opts.alpha < 1.0, swap, cfg.moe_impl(self.mesh),
                                        canonical_window=canonical, greedy=not opts.temperature > 0,
                                        freeze=bool(cf.freeze), ablate=bool(cf.ablate), unroll=ROUND_UNROLL)
         stale = np.zeros((self.P, K), np.int32)

@@ -16,6 +16,8 @@ def _load_json(path: str, what: str):
             return json.load(f)
     except FileNotFoundError:
         raise InputError(f"{what} {path!r}: file not found") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise InputError(f"{what} {path!r}: cannot be read as a file ({e.strerror or e})") from None
     except ValueError as e:
         raise InputError(f"{what} {path}: not valid JSON ({e})") from e
 
@@ -59,6 +61,8 @@ def prompts_file(path: str) -> list[str]:
     """``--prompts-file``: JSONL with {"prompt": ...} per line (or a bare JSON string per line)."""
     if not os.path.exists(path):
         raise InputError(f"--prompts-file {path!r}: file not found")
+    if not os.path.isfile(path):
+        raise InputError(f"--prompts-file {path!r}: expected a JSONL file, found a directory or special file")
     prompts = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

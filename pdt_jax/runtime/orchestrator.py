@@ -10,7 +10,8 @@ Per round v (ARCHITECTURE.md data flow "Infer"), three steps, each its own metho
      window at horizon v + 1 (``window_round`` v + 1 + Δ), which holds what its siblings published
      at the end of the failed block (the paper's "fresher shared context"). A retry that would
      repeat the attempt exactly — greedy decoding from the same state, reading the same notes —
-     is not run: the block is committed, recorded as forced with reason ``retry_identical``. After
+     is not run: the block is committed, recorded as forced with reason ``retry_identical`` (only
+     when every failing stream of the prompt is in that case: ``_would_repeat``). After
      ``max_retries`` the block is force-committed with reason ``max_retries``.
   3. ``_record``: the round's token log, blocks, gate trace and commit events, written while the
      device runs round v + 1 (dispatched as soon as round v's decisions are made).
@@ -272,7 +273,10 @@ class Orchestrator:
 
     def _would_repeat(self, rows, v) -> np.ndarray:
         """[B]: rows whose retry would decode exactly what their last attempt decoded — greedy, from
-        the same restored state, reading the same notes (with every row in ``rows`` rolled back)."""
+        the same restored state, reading the same notes with every row in ``rows`` rolled back —
+        and may be committed instead. A prompt's rows are skipped all together or not at all: a row
+        left on the bus keeps its note of the block, which its retrying siblings would then read
+        (a recomputed retry never sees it), so skipping part of a prompt would change the others."""
         same = np.zeros(len(rows), bool)
         if not self.opts.greedy or not rows.any():
             return same
@@ -281,7 +285,8 @@ class Orchestrator:
         for b in np.nonzero(rows)[0]:
             seen = self._windows.get(b)
             same[b] = seen is not None and self._window_of(b, v + 1, after) == seen
-        return same
+        per_prompt = (same | ~rows).reshape(-1, self.K).all(axis=1)      # every retrying row of the prompt
+        return same & np.repeat(per_prompt, self.K)
 
     # ---- 3. advance and record ----------------------------------------------------------------------
     def _advance(self, rnd: _Round, st):

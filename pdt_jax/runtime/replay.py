@@ -126,8 +126,10 @@ def read_manifest(directory: str) -> dict:
     try:
         with open(path) as f:
             manifest = json.load(f)
-    except FileNotFoundError:
-        raise ReplayError(f"{directory}: not a replay artifact (no manifest.json)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ReplayError(f"{directory}: not a replay artifact directory (no manifest.json)") from None
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot be read ({e.strerror or e})") from None
     except ValueError as e:
         raise ReplayError(f"{path}: not valid JSON ({e})") from e
     if manifest.get("version") != VERSION:
@@ -248,4 +250,6 @@ def replay(directory: str):
     manifests = manifest_lib.build(rec, prompts=ctx["prompts"], stream_names=names, opts=opts, model_cfg=cfg,
                                    decode=decode, catalogs=catalogs, extra=dict(ctx.get("extra") or {}, replayed_from=directory))
     from pdt_jax.runtime.orchestrator import token_records
-    return manifests, token_records(rec, orch.token_text, opts.log_margins)[1]
+    events = token_records(rec, orch.token_text, opts.log_margins)[1]
+    # Prompts repeated to fill the mesh's row groups were decoded, but are no one's output.
+    return manifests, [e for e in events if e["prompt_index"] < len(ctx["prompts"])]

@@ -34,8 +34,8 @@ SCRIPT = textwrap.dedent("""
                            snc_gate=jnp.float32(2.0), adapter_gate=jnp.float32(2.0)) for lp in side["layers"]]
     side["agree"] = dict(side["agree"], b2=jnp.float32(0.2))  # some blocks fail the readiness gate
     save_sidecar(f"{tmp}/ckpt/sidecar.safetensors", side, cfg.trunk, cfg.sidecar)
-    with open(f"{tmp}/prompts.jsonl", "w") as f:
-        f.write('{"prompt": "Tell me about Velmora."}\\n{"prompt": "Where is Port Salvine?"}\\n')
+    with open(f"{tmp}/prompts.jsonl", "w") as f:  # 3 prompts: on data=2 the batch is padded to 4
+        f.write('{"prompt": "Tell me about Velmora."}\\n{"prompt": "Where is Port Salvine?"}\\n{"prompt": "Hi."}\\n')
     out = {}
     for name, mesh in (("one", "data=1"), ("mesh", "data=2,tensor=2,expert=2")):
         code = infer.main(["--config=configs/model/pdt.py:tiny", "--checkpoint", f"{tmp}/ckpt", "--prompts-file",
@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
                            "--mesh", mesh, "--replay-artifact-dir", f"{tmp}/art-{name}",
                            "--output", f"{tmp}/out-{name}"])
         assert code == 0, name
-        ms = [json.load(open(f"{tmp}/out-{name}/manifest-{i:04d}.json")) for i in range(2)]
+        ms = [json.load(open(f"{tmp}/out-{name}/manifest-{i:04d}.json")) for i in range(3)]
+        out[name + "_files"] = sorted(os.listdir(f"{tmp}/out-{name}"))
         out[name] = {"tokens": [[s["token_ids"] for s in m["streams"].values()] for m in ms],
                      "rollbacks": [[(r["stream"], r["stride_index"], r["removed_token_ids"]) for r in m["rollbacks"]]
                                    for m in ms],
@@ -51,8 +52,17 @@ SCRIPT = textwrap.dedent("""
         notes = np.concatenate([np.load(os.path.join(f"{tmp}/art-{name}", f))["note"]
                                 for f in sorted(os.listdir(f"{tmp}/art-{name}")) if f.startswith("rounds-")])
         np.save(f"{tmp}/notes-{name}.npy", notes)
-    out["notes_max_diff"] = float(np.abs(np.load(f"{tmp}/notes-one.npy") - np.load(f"{tmp}/notes-mesh.npy")).max())
-    out["notes_max_abs"] = float(np.abs(np.load(f"{tmp}/notes-one.npy")).max())
+    # The padded run replays exactly, and the padding prompt's tokens reach no output.
+    from pdt_jax.runtime.manifest import deterministic_view
+    from pdt_jax.runtime.replay import replay
+    replayed, events = replay(f"{tmp}/art-mesh")
+    mesh_ms = [json.load(open(f"{tmp}/out-mesh/manifest-{i:04d}.json")) for i in range(3)]
+    out["replay_equal"] = all(deterministic_view(a) == deterministic_view(b) for a, b in zip(mesh_ms, replayed))
+    out["replay_prompts"] = sorted({e["prompt_index"] for e in events})
+    notes_one = np.load(f"{tmp}/notes-one.npy")
+    notes_mesh = np.load(f"{tmp}/notes-mesh.npy")[:, :notes_one.shape[1]]   # rows of the padding prompt last
+    out["notes_max_diff"] = float(np.abs(notes_one - notes_mesh).max())
+    out["notes_max_abs"] = float(np.abs(notes_one).max())
 
     # Where the arrays live after a run on the mesh.
     cfg = config_files.pdt_config(config_files.load("configs/model/pdt.py:tiny", ["--config.mesh.data=2",
@@ -89,6 +99,8 @@ def test_infer_on_a_mesh_writes_what_one_device_writes(tmp_path):
     r = run_script(SCRIPT, str(tmp_path))
     assert r["one"]["mesh"]["data"] == 1 and r["mesh"]["mesh"] == {"data": 2, "fsdp": 1, "expert": 2, "tensor": 2}
     assert r["one"]["tokens"] == r["mesh"]["tokens"]
+    assert r["mesh_files"] == ["manifest-0000.json", "manifest-0001.json", "manifest-0002.json"]  # no padding's
+    assert r["replay_equal"] and r["replay_prompts"] == [0, 1, 2]
     assert r["one"]["rollbacks"] == r["mesh"]["rollbacks"] and any(r["one"]["rollbacks"])
     assert r["notes_max_diff"] <= 1e-4 * max(1.0, r["notes_max_abs"])
     s = r["specs"]

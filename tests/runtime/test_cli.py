@@ -91,6 +91,9 @@ def test_sequential_baseline_manifest_is_schema_compatible(tmp_path, capsys):
     (["--prompt", "x", "--no-such-flag"], "Unknown command line flag 'no-such-flag'"),
     (["--prompt", "x", "stray"], "unexpected arguments ['stray']"),
     (["--prompt", "x", "--infer=configs/nope.py"], "--infer configs/nope.py: file 'configs/nope.py' not found"),
+    (["--prompts-file", "configs"], "--prompts-file 'configs': expected a JSONL file"),
+    (["--prompt", "x", "--seed-text-file", "configs"], "--seed-text-file 'configs': cannot be read as a file"),
+    (["--prompt", "x", "--baseline", "sequential", "--memory-report"], "the sequential baseline (one generate call)"),
     (["--prompt", "x", "--infer=configs/infer.py:huge"], "unknown variant 'huge'"),
 ])
 def test_bad_flags_fail_with_a_clear_message(argv, message, capsys):
@@ -111,6 +114,8 @@ def test_replay_refuses_a_broken_artifact(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text('{"version": "0.1"}')
     assert replay.main(["--artifact", str(tmp_path), "--output", str(tmp_path / "o.json")]) == 2
     assert "field 'version': expected '1.0'" in capsys.readouterr().err
+    assert replay.main(["--artifact", str(tmp_path / "manifest.json"), "--output", str(tmp_path / "o.json")]) == 2
+    assert "not a replay artifact directory" in capsys.readouterr().err
 
 
 def test_config_overrides_and_aliases_set_the_same_fields(tmp_path, capsys):

@@ -136,3 +136,21 @@ def test_run_ahead_makes_the_same_calls_as_waiting(script, eos_at):
         assert stats["reverted"] > 0
     else:
         assert stats["reverted"] == 0
+
+
+def test_a_retry_is_skipped_only_when_every_failing_stream_of_the_prompt_would_repeat():
+    """Greedy, Δ = 0. Round 0: streams 1 and 2 fail, stream 3 passes and publishes. Stream 1's window
+    is ablated (its retry could only repeat itself) but stream 2's retry would read stream 3's new
+    note: both retry, so that stream 1's note of the failed block is off the bus while stream 2 retries
+    (as when every retry is recomputed). Round 1: all three fail; nothing new is visible to anyone
+    (their notes of the block are rolled back together): no retry is run, each block is committed
+    with reason retry_identical."""
+    from pdt_jax.runtime.options import Counterfactuals
+
+    opts = RuntimeOptions(max_new_tokens=4, max_retries=1, counterfactuals=Counterfactuals(ablate=("stream_1",)),
+                          gate_annealing=GateAnnealing(enabled=False))
+    rec, engine = orchestrate([[LOW, LOW, HIGH], [HIGH] * 3, [LOW] * 3, [HIGH] * 3], opts, lag=0)
+    assert [c["active"].tolist() for c in engine.calls] == [[True] * 3, [True, True, False], [True] * 3]
+    assert engine.calls[0]["rolled_back"].tolist() == [True, True, False]
+    assert [b[1]["forced_reason"] for b in rec["blocks"]] == ["retry_identical"] * 3
+    assert [b[0]["retries"] for b in rec["blocks"]] == [1, 1, 0] and "forced_reason" not in rec["blocks"][0][0]
