@@ -7,6 +7,15 @@ inject faults per request so retry, rejection and resume paths are exercised for
 
   faults(kind, title, attempt) -> None | "429" | "500" | "400" | "401" | "timeout" | "truncated"
                                   | "length" | "bad_schema" | "omit_coverage" | "unknown_item"
+                                  | "choices_not_list" | "no_message" | "usage_bad" | "content_object"
+                                  | "content_number" | "bad_utf8" | "retry_after_garbage" | "drip"
+                                  | "echo_key"
+
+The last nine are a misbehaving server's 200s and headers: a ``choices`` that is a string, a
+choice without ``message``, non-integer ``usage``, ``message.content`` as a JSON object or a
+number, a body with a byte that is not UTF-8, ``Retry-After: soon`` on a 429, a valid answer whose
+body arrives in drips over ``drip_s`` seconds, and a valid answer that echoes the request's
+Authorization header inside its text.
 
 ``kind`` is the response_format name (plan / notes / quality), ``attempt`` counts earlier requests
 with the same opening messages (a re-ask after a bad answer shares the count).
@@ -29,9 +38,9 @@ Faults = Optional[Callable[[str, str, int], Optional[str]]]
 class TeacherServer:
     def __init__(self, documents: list[dict], faults: Faults = None, latency_s: float = 0.0,
                  timeout_sleep_s: float = 2.0, retry_after: str = "0.05",
-                 api_key: str | None = None):
+                 api_key: str | None = None, drip_s: float = 2.0):
         self.docs = {d["title"]: d for d in documents}
-        self.faults, self.latency_s = faults, latency_s
+        self.faults, self.latency_s, self.drip_s = faults, latency_s, drip_s
         self.timeout_sleep_s, self.retry_after, self.api_key = timeout_sleep_s, retry_after, api_key
         self.log: list[dict] = []          # one entry per request: kind, title, attempt, fault, t
         self._attempts: dict[str, int] = {}
@@ -73,15 +82,23 @@ class TeacherServer:
         self.stop()
 
     # ---- request handling ----
-    def _reply(self, h, status: int, body: dict, headers: dict | None = None) -> None:
-        data = json.dumps(body).encode()
+    def _reply(self, h, status: int, body, headers: dict | None = None, drip_s: float = 0.0) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
-        h.wfile.write(data)
+        if not drip_s:
+            h.wfile.write(data)
+            return
+        pieces = 20  # headers at once, then the body in drips
+        step = max(1, len(data) // pieces)
+        for i in range(0, len(data), step):
+            h.wfile.write(data[i:i + step])
+            h.wfile.flush()
+            time.sleep(drip_s / pieces)
 
     def _handle(self, h) -> None:
         body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))))
@@ -109,9 +126,9 @@ class TeacherServer:
             return self._reply(h, 401, {"error": {"message": f"invalid credentials: {auth}"}})
         if fault == "400":
             return self._reply(h, 400, {"error": {"message": "bad request"}})
-        if fault == "429":
+        if fault in ("429", "retry_after_garbage"):
             return self._reply(h, 429, {"error": {"message": "rate limited"}},
-                               {"Retry-After": self.retry_after})
+                               {"Retry-After": "soon" if fault == "retry_after_garbage" else self.retry_after})
         if fault == "500":
             return self._reply(h, 500, {"error": {"message": "internal error"}})
         if fault == "timeout":
@@ -125,6 +142,11 @@ class TeacherServer:
             if fault == "unknown_item":
                 answer["coverage"].append({"plan_item": "a topic nobody planned",
                                            "status": "covered"})
+        elif fault == "echo_key":  # a careless server quoting the request inside a valid answer
+            if kind == "plan" and answer.get("streams"):
+                answer["streams"][0]["summary"] += f" (request by {auth})"
+            elif kind == "notes" and answer.get("entities"):
+                answer["entities"][0]["aliases"].append(auth)
         content = json.dumps(answer)
         finish = "stop"
         if fault == "truncated":
@@ -132,13 +154,23 @@ class TeacherServer:
         elif fault == "length":
             content, finish = content[: len(content) // 2], "length"
         prompt_chars = sum(len(m["content"]) for m in messages)
-        self._reply(h, 200, {
+        message = {"role": "assistant", "content": {"content_object": answer, "content_number": 42}.get(fault, content)}
+        reply = {
             "id": f"chatcmpl-{key[:12]}", "object": "chat.completion", "created": 0,
             "model": body.get("model", "procedural"),
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": content}}],
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
             "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4,
-                      "total_tokens": prompt_chars // 4 + len(content) // 4}})
+                      "total_tokens": prompt_chars // 4 + len(content) // 4}}
+        if fault == "choices_not_list":
+            reply["choices"] = "oops"
+        elif fault == "no_message":
+            del reply["choices"][0]["message"]
+        elif fault == "usage_bad":
+            reply["usage"]["prompt_tokens"] = "many"
+        data = json.dumps(reply).encode()
+        if fault == "bad_utf8":
+            data = data.replace(b'"object"', b'"obj\xffect"', 1)
+        self._reply(h, 200, data, drip_s=self.drip_s if fault == "drip" else 0.0)
 
     def _answer(self, kind: str, title: str, system: str, user: str) -> dict:
         if kind == "quality":

@@ -35,7 +35,8 @@ def base_config() -> config_dict.ConfigDict:
     o.api_key_env = "OPENAI_API_KEY"   # the key itself never goes into a config
     o.dotenv_path = ".env"
     o.concurrency = 8                  # requests in flight
-    o.timeout_s = 120.0
+    o.timeout_s = 120.0                # a deadline for the whole request (headers and body)
+    o.max_response_bytes = 4_000_000   # a larger HTTP answer is a malformed response
     o.max_retries = 6                  # transient failures (408/409/429/5xx/timeouts)
     o.backoff_base_s = 1.0
     o.backoff_max_s = 30.0

@@ -1,11 +1,15 @@
 """Teacher backed by any OpenAI-compatible chat-completions endpoint.
 
 Reliability: bounded concurrency; retries with exponential backoff and jitter on 408/429/5xx,
-timeouts and connection errors, honouring ``Retry-After``; an answer that is truncated, not JSON,
-off-schema or fails the stage's own check is re-asked (with the error shown to the model) and
-finally rejected with its reason. Valid answers are cached on disk keyed by the request hash, so a
-killed run resumes without paying twice. The API key lives only inside the client: every message
-that leaves this module goes through ``redact``.
+timeouts, connection errors and malformed responses (a body that is not UTF-8 JSON, or not a chat
+completion: ``choices`` not a list, a choice without a message, ...), honouring ``Retry-After``
+(a value that is neither seconds nor a date is ignored); ``timeout_s`` is a deadline for the whole
+request, not only between two bytes, so a server that drips its answer is cut off. An answer that
+is truncated, not a JSON string, not JSON, off-schema or fails the stage's own check is re-asked
+(with the error shown to the model) and finally rejected with its reason. Valid answers are cached
+on disk keyed by the request hash, so a killed run resumes without paying twice. The API key lives
+only inside the client: every message that leaves this module goes through ``redact`` — the
+server's answers included, before they are parsed, cached or returned.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 
 from data_pipeline import prompts, schemas
@@ -60,14 +65,48 @@ def _retry_after(headers) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # neither seconds nor an HTTP date ("soon"): our own backoff applies
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 class _InvalidAnswer(Exception):
     pass
+
+
+class _Malformed(Exception):
+    """The HTTP answer is not a chat completion we can read (a transient server fault)."""
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _completion_parts(body: bytes) -> tuple[Any, str | None, dict]:
+    """(message content, finish_reason, usage) of a chat-completion body, checking its shape."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise _Malformed(f"response body is not UTF-8 (byte {body[e.start]:#04x} at {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise _Malformed(f"response body is not JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(data, dict):
+        raise _Malformed(f"response body is a JSON {type(data).__name__}, expected an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise _Malformed(f"field 'choices' is {type(choices).__name__}, expected a list")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    if not choices:
+        return "", None, usage
+    choice = choices[0]
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        raise _Malformed("choices[0] has no 'message' object")
+    return choice["message"].get("content"), choice.get("finish_reason"), usage
 
 
 class OpenAITeacher(Teacher):
@@ -82,8 +121,8 @@ class OpenAITeacher(Teacher):
         self._slots = threading.BoundedSemaphore(max(1, int(cfg.concurrency)))
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "cache_hits": 0, "retries": 0, "timeouts": 0,
-                       "http_errors": {}, "invalid_answers": 0, "rejected_requests": 0,
-                       "prompt_tokens": 0, "completion_tokens": 0}
+                       "http_errors": {}, "invalid_answers": 0, "malformed_responses": 0,
+                       "rejected_requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     # ---- public ----
@@ -94,6 +133,10 @@ class OpenAITeacher(Teacher):
 
     def redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+    def _redact_bytes(self, body: bytes) -> bytes:
+        key = self._key.encode("utf-8") if self._key else b""
+        return body.replace(key, b"***") if key else body
 
     def plan(self, doc: dict, num_streams: int, validate: Validator) -> dict:
         return self._ask("plan", prompts.plan_messages(doc, num_streams),
@@ -152,7 +195,8 @@ class OpenAITeacher(Teacher):
                 self._count("invalid_answers")
                 last_reason = self.redact(str(e))
                 convo = list(messages) + [
-                    {"role": "assistant", "content": (content or "")[:4000]},
+                    {"role": "assistant", "content": ("" if content is None else content if isinstance(content, str)
+                                                      else json.dumps(content))[:4000]},
                     {"role": "user", "content": f"That answer was rejected: {last_reason}. "
                                                 "Reply again with corrected JSON only."}]
                 continue
@@ -163,9 +207,12 @@ class OpenAITeacher(Teacher):
         raise TeacherError(f"{kind}: answer rejected after {int(self.cfg.max_invalid_retries) + 1}"
                            f" attempts: {last_reason}", retryable=False)
 
-    def _parse(self, content: str | None, schema, validate, kind) -> dict:
+    def _parse(self, content, schema, validate, kind) -> dict:
         if content is None:
             raise _InvalidAnswer("truncated answer (finish_reason=length)")
+        if not isinstance(content, str):
+            raise _InvalidAnswer(f"the message content is a JSON {type(content).__name__}, expected a string "
+                                 f"holding the JSON answer")
         try:
             answer = json.loads(content)
         except json.JSONDecodeError as e:
@@ -182,8 +229,26 @@ class OpenAITeacher(Teacher):
         except ValueError as e:
             raise _InvalidAnswer(str(e)) from None
 
-    def _complete(self, kind: str, messages: list[dict], schema: dict) -> str | None:
-        """One answer's text (None if cut by the token limit); transient failures are retried."""
+    def _post(self, kind: str, messages: list[dict], schema: dict) -> bytes:
+        """The raw answer body, read within the request's deadline, the key scrubbed."""
+        deadline = time.monotonic() + float(self.cfg.timeout_s)
+        body = bytearray()
+        with self._client.chat.completions.with_streaming_response.create(
+                model=self.cfg.model, messages=messages,
+                temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": kind, "schema": schema, "strict": bool(self.cfg.strict_schema)}}) as raw:
+            for chunk in raw.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise _Deadline()
+                if len(body) > self.cfg.max_response_bytes:
+                    raise _Malformed(f"response larger than max_response_bytes={self.cfg.max_response_bytes}")
+        return self._redact_bytes(bytes(body))
+
+    def _complete(self, kind: str, messages: list[dict], schema: dict):
+        """One answer's content (None if cut by the token limit; possibly not a string, which the
+        caller rejects as an answer); transient failures are retried."""
         rng = random.Random(fingerprint(messages))  # jitter reproducible per request
         attempts = int(self.cfg.max_retries) + 1
         for attempt in range(attempts):
@@ -191,24 +256,22 @@ class OpenAITeacher(Teacher):
             try:
                 with self._slots:
                     self._count("requests")
-                    resp = self._client.chat.completions.create(
-                        model=self.cfg.model, messages=messages,
-                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
-                        response_format={"type": "json_schema", "json_schema": {
-                            "name": kind, "schema": schema, "strict": bool(self.cfg.strict_schema)}})
-                if resp.usage is not None:
-                    self._count("prompt_tokens", resp.usage.prompt_tokens or 0)
-                    self._count("completion_tokens", resp.usage.completion_tokens or 0)
-                if not resp.choices:
-                    return ""
-                choice = resp.choices[0]
-                if choice.finish_reason == "length":
+                    body = self._post(kind, messages, schema)
+                content, finish, usage = _completion_parts(body)
+                for field, name in (("prompt_tokens", "prompt_tokens"), ("completion_tokens", "completion_tokens")):
+                    n = usage.get(name)
+                    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+                        self._count(field, n)
+                if finish == "length":
                     return None
-                return choice.message.content or ""
-            except openai.APITimeoutError:
+                return "" if content is None else content
+            except (openai.APITimeoutError, _Deadline, httpx2.TimeoutException):
                 self._count("timeouts")
-                reason = "request timed out"
-            except openai.APIConnectionError as e:
+                reason = f"request timed out (deadline timeout_s={self.cfg.timeout_s})"
+            except _Malformed as e:
+                self._count("malformed_responses")
+                reason = f"malformed response: {self.redact(str(e))}"
+            except (openai.APIConnectionError, httpx2.TransportError) as e:  # (the body is read outside openai's wrapper)
                 reason = f"connection error: {type(e).__name__}"
             except openai.APIStatusError as e:
                 self._count("http_errors", sub=str(e.status_code))

@@ -1,6 +1,7 @@
 """The openai teacher against a real HTTP server on 127.0.0.1: clean runs, faults, the cache."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -104,11 +105,58 @@ def test_fault_injection_recoverable_and_unrecoverable(tmp_path, api_key, make_s
     assert {e["title"] for e in srv.log[before:]} == {docs[5]["title"]}
 
 
+def test_a_misbehaving_servers_200s_reject_one_document_each_and_the_run_finishes(tmp_path, api_key, make_server):
+    """Answers with status 200 that are not chat completions we can read — ``choices`` a string,
+    no ``message``, ``usage`` not numbers, content a JSON object or a number, a byte that is not
+    UTF-8 — a ``Retry-After`` that is neither seconds nor a date, and a body dripped past the
+    deadline: each is retried like any bad answer, then rejects only its document, with a reason
+    naming it; the run finishes and the counts balance."""
+    import time
+
+    docs = world(9)
+    titles = [d["title"] for d in docs]
+    always = {0: "choices_not_list", 2: "usage_bad", 3: "content_object", 5: "bad_utf8", 7: "drip"}
+    once = {1: "no_message", 4: "content_number", 6: "retry_after_garbage"}
+
+    def faults(kind, title, attempt):
+        i = titles.index(title) if title in titles else -1
+        if kind != "plan":
+            return None
+        return always.get(i) or (once.get(i) if attempt == 0 else None)
+
+    srv = make_server(docs, faults=faults, drip_s=3.0)
+    cfg = openai_teacher_config(tmp_path, srv.base_url, 9)
+    t0 = time.monotonic()
+    reports = pipeline.run(cfg, log=None)
+    elapsed = time.monotonic() - t0
+    sid = [d["doc_id"] for d in docs]
+    ok = _ids(tmp_path / "plans/accepted.jsonl")
+    bad = {r["sample_id"]: r for _, r in iter_jsonl(tmp_path / "plans/rejected.jsonl")}
+    assert sorted(ok) == sorted(sid[i] for i in (1, 2, 4, 6, 8))
+    assert sorted(bad) == sorted(sid[i] for i in always if i != 2)
+    assert "malformed response: field 'choices' is str" in bad[sid[0]]["reason"] and bad[sid[0]]["retryable"]
+    assert "message content is a JSON dict" in bad[sid[3]]["reason"]
+    assert "not UTF-8 (byte 0xff" in bad[sid[5]]["reason"]
+    assert "timed out (deadline timeout_s=0.4)" in bad[sid[7]]["reason"]
+    # the drip was cut at the deadline, attempt after attempt: 6 attempts of a 3 s body took < 9 s
+    assert sum(e["title"] == titles[7] for e in srv.log) == cfg.teacher.openai.max_retries + 1
+    assert elapsed < 9.0
+    usage = reports["plans"]["teacher"]
+    assert usage["malformed_responses"] >= 6 + 6 + 1 and usage["timeouts"] >= 6 and usage["http_errors"]["429"] == 1
+    assert usage["invalid_answers"] >= 3 + 1        # content_object (3 asks), content_number (once)
+    exported = sorted(_export_rows(tmp_path))
+    assert exported == sorted(_ids(tmp_path / "notes/accepted.jsonl")) and set(exported) <= set(ok)
+
+
 def test_api_key_never_leaks(tmp_path, api_key, make_server, capsys, caplog):
     docs = world(6)
 
     def faults(kind, title, attempt):
-        return "401" if title == docs[0]["title"] else None  # body echoes the Authorization
+        if title == docs[0]["title"]:
+            return "401"        # the error body echoes the Authorization header
+        if title == docs[1]["title"]:
+            return "echo_key"   # so does a valid plan and notes answer
+        return None
 
     srv = make_server(docs, faults=faults)
     caplog.set_level(logging.DEBUG)
@@ -120,7 +168,10 @@ def test_api_key_never_leaks(tmp_path, api_key, make_server, capsys, caplog):
     texts = [out.out, out.err, caplog.text]
     texts += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*")
               if p.is_file()]
+    rows = _export_rows(tmp_path)                 # the Parquet files are compressed: read them
+    texts.append(json.dumps(rows))
     assert not [t for t in texts if API_KEY in t]
+    assert "Bearer ***" in json.dumps(rows[docs[1]["doc_id"]])  # the echo arrived, scrubbed
     # nor in an exception raised when no key can be found
     with pytest.raises(TeacherError) as e:
         load_api_key("PDT_TEST_NO_SUCH_KEY", str(tmp_path / "missing.env"))
@@ -141,3 +192,4 @@ def test_retry_after_parsing():
     assert _retry_after({"retry-after-ms": "250"}) == 0.25
     assert 0.0 <= _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) < 1.0
     assert _retry_after({}) is None
+    assert _retry_after({"retry-after": "soon"}) is None and _retry_after({"retry-after": "-3"}) == 0.0
