@@ -46,4 +46,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except (AttributeError, KeyError) as e:  # a --config.* override naming no field (config_flags raises these)
+        overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+        detail = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+        detail = detail.strip("\"'")
+        print(f"error: unknown dataset config field '{detail} (in {overrides})", file=sys.stderr)
+        sys.exit(2)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from data_pipeline import collate, export, notes, plans, preflight
+from data_pipeline import collate, config_check, export, notes, plans, preflight
 from data_pipeline.context import Context
 
 STAGES = {"preflight": preflight.run, "plans": plans.run, "notes": notes.run,
@@ -20,6 +20,7 @@ def run(config, stages: list[str] | None = None, limit: int | None = None,
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    config_check.validate(config)  # every field known, every value sane: before any stage or request
     ordered = [s for s in STAGES if s in stages]
     ctx = Context(config=config, work_dir=Path(config.work_dir), limit=limit)
     reports = {}

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from data_pipeline import sources, synthetic_world
 from data_pipeline.context import Context, files_fingerprint, stage_is_current, write_report
-from data_pipeline.storage import write_jsonl
+from data_pipeline.storage import InputError, read_json, write_json, write_jsonl
 from data_pipeline.teachers.base import TeacherError
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
@@ -30,8 +30,15 @@ def source_paths(ctx: Context) -> list[Path]:
     src = ctx.config.source
     if src.kind == "synthetic":
         out = ctx.work_dir / "source"
-        if not (out / "documents.jsonl").exists():
-            synthetic_world.write_world(out, int(src.num_documents), int(src.seed))
+        # The world is rebuilt when the config asks for another one (num_documents, seed) or when
+        # a killed run left part of it: world.json is written last and names what the files hold.
+        want = {"num_documents": int(src.num_documents), "seed": int(src.seed)}
+        marker = out / "world.json"
+        if not (marker.exists() and read_json(marker) == want and (out / "documents.jsonl").exists()
+                and (out / "facts.jsonl").exists()):
+            marker.unlink(missing_ok=True)
+            synthetic_world.write_world(out, want["num_documents"], want["seed"])
+            write_json(marker, want)
         return [out / "documents.jsonl"]
     if src.kind == "files":
         paths = src.paths.split(",") if isinstance(src.paths, str) else list(src.paths)
@@ -101,6 +108,9 @@ def run(ctx: Context) -> dict:
         else:
             rejected.append({"sample_id": sid, "doc_id": doc["doc_id"], "category": category,
                              "reason": reason})
+    if not accepted and not rejected:
+        raise InputError(f"source {[str(p) for p in paths]}: no documents (an empty source would export "
+                         f"an empty dataset)")
     write_jsonl(stage_dir / "accepted.jsonl", accepted)
     write_jsonl(stage_dir / "rejected.jsonl", rejected)
     reasons: dict[str, int] = {}

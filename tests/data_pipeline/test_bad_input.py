@@ -107,3 +107,54 @@ def test_plan_checks():
     with pytest.raises(ValueError, match="Blind Start"):
         qc.check_plan_answer(lint, 5, 16, "fail")
     qc.check_plan_answer(lint, 5, 16, "warn")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("notes.num_block", 3, "unknown field 'notes.num_block'; valid fields there: ['drop_fact', 'lag', 'num_blocks'"),
+    ("notes.num_blocks", 0, "field 'notes.num_blocks': expected an integer >= 1, found 0"),
+    ("num_streams", 0, "field 'num_streams': expected an integer >= 1, found 0"),
+    ("notes.lag", -1, "field 'notes.lag': expected an integer >= 0, found -1"),
+    ("collate.fractions", (0.8, 0.3, 0.1), "field 'collate.fractions': expected 3 non-negative numbers"),
+    ("teacher.kind", "gpt", "field 'teacher.kind': expected 'procedural' or 'openai'"),
+])
+def test_config_mistakes_fail_before_any_stage_runs(tmp_path, field, value, message):
+    from data_pipeline.config_check import DataConfigError
+
+    cfg = procedural_config(tmp_path / "work")
+    group, _, name = field.rpartition(".")
+    (cfg[group] if group else cfg)[name] = value   # a config file may add (misspell) a field
+    with pytest.raises(DataConfigError) as e:
+        pipeline.run(cfg, log=None)
+    assert message in str(e.value)
+    assert not (tmp_path / "work").exists()       # nothing ran, nothing was asked of a teacher
+
+
+def test_an_override_naming_no_field_and_an_empty_source_fail_with_one_line(tmp_path):
+    cli = subprocess.run([sys.executable, "-m", "data_pipeline", "run", "--config=configs/data/synthetic.py:tiny",
+                          f"--config.work_dir={tmp_path / 'w'}", "--config.notes.num_block=3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "unknown dataset config field 'num_block'" in cli.stderr
+    assert "Traceback" not in cli.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="no documents"):
+        pipeline.run(_files_config(tmp_path, [empty]), log=None)
+
+
+def test_the_synthetic_world_follows_its_config(tmp_path):
+    """Asking the same work dir for another world (more documents, another seed) rebuilds it; a
+    world whose ground-truth facts a kill lost is rebuilt too."""
+    cfg = procedural_config(tmp_path, 4)
+    pipeline.run(cfg, ["preflight"], log=None)
+    docs = lambda: [r["doc_id"] for _, r in iter_jsonl(tmp_path / "source/documents.jsonl")]
+    first = docs()
+    cfg.source.num_documents = 6
+    pipeline.run(cfg, ["preflight"], log=None)
+    assert len(docs()) == 6 and docs()[:4] == first
+    seed0 = (tmp_path / "source/documents.jsonl").read_bytes()
+    cfg.source.seed = 7
+    pipeline.run(cfg, ["preflight"], log=None)
+    assert len(docs()) == 6 and (tmp_path / "source/documents.jsonl").read_bytes() != seed0
+    (tmp_path / "source/facts.jsonl").unlink()
+    pipeline.run(cfg, ["preflight"], log=None)
+    assert (tmp_path / "source/facts.jsonl").exists()
