@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data_pipeline import collate, config_check, export, notes, plans, preflight
 from data_pipeline.context import Context
+from data_pipeline.storage import clean_stale_temps
 
 STAGES = {"preflight": preflight.run, "plans": plans.run, "notes": notes.run,
           "collate": collate.run, "export": export.run}
@@ -26,6 +27,9 @@ def run(config, stages: list[str] | None = None, limit: int | None = None,
     reports = {}
     try:
         for name in ordered:
+            clean_stale_temps(ctx.stage_dir(name))  # what a killed writer left (never read, only untidy)
+            if name == "preflight":
+                clean_stale_temps(ctx.work_dir / "source")
             report = STAGES[name](ctx)
             reports[name] = report
             if log is not None:

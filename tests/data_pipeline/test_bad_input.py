@@ -158,3 +158,29 @@ def test_the_synthetic_world_follows_its_config(tmp_path):
     (tmp_path / "source/facts.jsonl").unlink()
     pipeline.run(cfg, ["preflight"], log=None)
     assert (tmp_path / "source/facts.jsonl").exists()
+
+
+def test_a_source_that_is_not_utf8_names_file_line_and_column(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    good = json.dumps(world(1)[0]).encode()
+    src.write_bytes(good + b"\n" + b'{"doc_id": "x", "title": "\xff"}\n')
+    with pytest.raises(InputError, match=rf"{src}:2: not UTF-8 \(byte 0xff at column 27\)"):
+        pipeline.run(_files_config(tmp_path, [src]), log=None)
+    src.write_text(json.dumps(world(1)[0]) + '\n{"doc_id": "x", "title": \n')
+    with pytest.raises(InputError, match=rf"{src}:2: malformed JSON line: Expecting value \(column 26\)"):
+        pipeline.run(_files_config(tmp_path, [src]), log=None)
+
+
+def test_artefacts_get_ordinary_file_modes_and_no_temp_file_survives(tmp_path):
+    import os
+    import stat
+
+    cfg = procedural_config(tmp_path, 4)
+    pipeline.run(cfg, log=None)
+    (tmp_path / "export" / ".train.parquet.abc.tmp").write_bytes(b"half a file")   # as a kill leaves it
+    pipeline.run(cfg, log=None)
+    assert not list(tmp_path.rglob(".*.tmp"))
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~mask}
