@@ -31,15 +31,14 @@ def split_of(sample_id: str, fractions: tuple[float, float, float], salt: str) -
 def run(ctx: Context) -> dict:
     started = time.perf_counter()
     cfg, stage_dir = ctx.config.collate, ctx.stage_dir("collate")
-    fractions = tuple(float(x) for x in cfg.fractions)
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"collate.fractions must be 3 non-negative numbers summing to 1, "
-                         f"got {fractions}")
+    fractions = tuple(float(x) for x in cfg.fractions)  # checked with the config (config_check.py)
     notes_dir, plans_dir = ctx.stage_dir("notes"), ctx.stage_dir("plans")
     ids = accepted_ids(notes_dir)
     if ctx.limit is not None:
         ids = ids[:ctx.limit]
-    inputs = [notes_dir / "accepted.jsonl"] + [notes_dir / "docs" / f"{s}.json" for s in ids]
+    # Everything the rows are built from: the documents (preflight), their plans and notes.
+    inputs = ([ctx.stage_dir("preflight") / "accepted.jsonl", notes_dir / "accepted.jsonl"]
+              + [plans_dir / "docs" / f"{s}.json" for s in ids] + [notes_dir / "docs" / f"{s}.json" for s in ids])
     fp = files_fingerprint(inputs, {"collate": ctx.section("collate")})
     outputs = [stage_dir / f"{s}.parquet" for s in SPLITS]
     if stage_is_current(stage_dir, fp, outputs):

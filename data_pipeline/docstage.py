@@ -13,6 +13,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from data_pipeline.storage import clean_stale_temps, iter_jsonl, read_json, write_json, write_jsonl
+from data_pipeline.storage import fingerprint as _fingerprint
 from data_pipeline.teachers.base import TeacherError
 
 
@@ -26,27 +27,32 @@ class Rejected(Exception):
 
 def run_documents(stage_dir: Path, items: list[tuple[str, Any]],
                   work: Callable[[str, Any], dict], fingerprint: str, concurrency: int,
-                  desc: str, progress: bool, redact: Callable[[str], str] = lambda s: s
-                  ) -> dict[str, Any]:
+                  desc: str, progress: bool, redact: Callable[[str], str] = lambda s: s,
+                  inputs: Callable[[str, Any], Any] = lambda sid, payload: payload) -> dict[str, Any]:
     """Applies ``work(sample_id, payload) -> artefact`` to every item not done yet.
 
-    Writes ``docs/<id>.json`` or ``rejected/<id>.json``, then ``accepted.jsonl`` (sample ids in
-    input order) and ``rejected.jsonl``. Returns counts for the stage report.
+    A document's artefact carries the stage ``fingerprint`` (config, teacher) combined with a
+    fingerprint of everything ``work`` reads for it (``inputs(sid, payload)``: by default the payload,
+    i.e. the document itself), so an edited document — or an upstream artefact that changed — is
+    redone, and nothing else. Writes ``docs/<id>.json`` or ``rejected/<id>.json``, then
+    ``accepted.jsonl`` (sample ids in input order) and ``rejected.jsonl``. Returns counts.
     """
     docs_dir, rej_dir = stage_dir / "docs", stage_dir / "rejected"
     clean_stale_temps(stage_dir)
-    todo, skipped = [], 0
+    todo, skipped, fps = [], 0, {}
     for sid, payload in items:
+        fps[sid] = fp = _fingerprint({"stage": fingerprint, "inputs": inputs(sid, payload)})
         out, rej = docs_dir / f"{sid}.json", rej_dir / f"{sid}.json"
-        if out.exists() and read_json(out).get("fingerprint") == fingerprint:
+        if out.exists() and read_json(out).get("fingerprint") == fp:
             skipped += 1
-        elif rej.exists() and (r := read_json(rej)).get("fingerprint") == fingerprint \
+        elif rej.exists() and (r := read_json(rej)).get("fingerprint") == fp \
                 and not r["retryable"]:
             skipped += 1
         else:
             todo.append((sid, payload))
 
     def one(sid: str, payload: Any) -> None:
+        fingerprint = fps[sid]
         try:
             artefact = work(sid, payload)
         except (Rejected, TeacherError) as e:

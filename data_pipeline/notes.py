@@ -103,7 +103,9 @@ def run(ctx: Context) -> dict:
         except ValueError as e:
             raise Rejected(f"notes invalid: {e}") from None
 
+    # A document's notes read the document and its plan: either changing redoes them.
+    inputs = lambda sid, doc: {"document": doc, "plan": load_artefact(plans_dir, sid).get("fingerprint")}
     counts = run_documents(ctx.stage_dir("notes"), items, work, fp,
                            int(ctx.config.teacher.concurrency), "notes", ctx.config.progress,
-                           ctx.redact)
+                           ctx.redact, inputs=inputs)
     return write_report(ctx.stage_dir("notes"), fp, started, counts, {"teacher": teacher.report()})

@@ -54,3 +54,37 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path, api_key, 
     assert len(srv.log) - requests_before <= 3 * (6 - done_before) + 3
     assert output_files(work) == output_files(reference)
     assert not list(work.rglob(".*.tmp"))
+
+
+def test_an_edited_document_reruns_exactly_what_depends_on_it(tmp_path):
+    """Editing one document's text (same doc_id) and re-running redoes that document's plan and
+    notes and the whole-dataset files built from them; every other document's artefacts stay
+    byte for byte, and the export carries the new text."""
+    import json
+
+    from tests.data_pipeline.conftest import procedural_config
+    from pdt_jax import records as R
+
+    docs = world(5)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    cfg = procedural_config(tmp_path / "work", 5)
+    cfg.source.kind, cfg.source.paths = "files", str(src)
+    pipeline.run(cfg, log=None)
+    before = output_files(tmp_path / "work")
+    edited = json.loads(json.dumps(docs[2]))
+    edited["sections"][-1]["text"] += " A new closing sentence about Velmora's harbour."
+    docs[2] = edited
+    src.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    pipeline.run(cfg, log=None)
+    after = output_files(tmp_path / "work")
+    changed = {k for k in before if before[k] != after.get(k)}
+    sid = docs[2]["doc_id"]
+    per_doc = {k for k in changed if "/docs/" in k}
+    assert per_doc == {f"plans/docs/{sid}.json", f"notes/docs/{sid}.json"}
+    assert changed - per_doc <= {"preflight/accepted.jsonl", "collate/train.parquet", "collate/validation.parquet",
+                                 "collate/test.parquet", "export/train.parquet", "export/validation.parquet",
+                                 "export/test.parquet"}
+    rows = {r["sample_id"]: r for s in R.SPLITS
+            for r in R.read_records(tmp_path / "work" / "export" / f"{s}.parquet").to_pylist()}
+    assert "A new closing sentence about Velmora's harbour." in rows[sid]["document_text"]
