@@ -31,15 +31,16 @@ def stream_notes(sid: str, answer: dict, text: str, owned: list[str]) -> tuple[d
     is not in the text is a fabricated span and its fact is dropped.
     """
     ents = []
-    for e in answer["entities"]:
-        aliases = [a for a in dict.fromkeys(e["aliases"]) if a != e["name"]]
+    for e in answer["entities"]:  # an alias the text never uses is not evidence of anything: dropped
+        aliases = [a for a in dict.fromkeys(e["aliases"]) if a != e["name"] and qc.occurs(a, text)]
         ents.append({"id": f"{sid}:{e['id']}", "name": e["name"], "aliases": aliases,
                      "type": e["type"], "canonical": True})
     facts, dropped = [], 0
     for f in answer["facts"]:
         quote = f["evidence"]
         start = text.find(quote)
-        if not quote.strip() or start < 0:
+        # A fabricated quote, or an object its quote does not support (numbers and content words), is dropped.
+        if not quote.strip() or start < 0 or not qc.supported(f["object"], quote):
             dropped += 1
             continue
         facts.append({"subj_id": f"{sid}:{f['subj_id']}", "predicate": f["predicate"],
@@ -52,12 +53,13 @@ def stream_notes(sid: str, answer: dict, text: str, owned: list[str]) -> tuple[d
 
 def build_notes(doc: dict, plan: dict, teacher, cfg) -> dict:
     _, texts, _ = stream_texts(doc, plan)
-    true_notes, qc_counts, confirmed = {}, {"facts_dropped_bad_evidence": 0}, []
+    true_notes, qc_counts, confirmed = {}, {"facts_dropped_bad_evidence": 0}, []  # (or an unsupported object)
     for k, s in enumerate(plan["streams"]):
         sid = s["stream_id"]
         owned = [c["text"] for c in plan["catalog"] if c["stream_id"] == sid]
         answer = teacher.notes(doc, plan, k, texts[sid],
-                               lambda a, sid=sid: qc.check_notes_answer(a, plan["catalog"], sid))
+                               lambda a, sid=sid: qc.check_notes_answer(a, plan["catalog"], sid, texts[sid],
+                                                                        int(cfg.max_entities), int(cfg.max_facts)))
         notes, dropped = stream_notes(sid, answer, texts[sid], owned)
         qc_counts["facts_dropped_bad_evidence"] += dropped
         true_notes[sid] = notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from data_pipeline import qc, schemas
+from data_pipeline import qc, schemas, sources
 from data_pipeline.context import Context, write_report
 from data_pipeline.docstage import Rejected, run_documents
 from data_pipeline.storage import fingerprint, iter_jsonl
@@ -52,8 +52,12 @@ def run(ctx: Context) -> dict:
                       "teacher": teacher.fingerprint()})
 
     def work(sid: str, doc: dict) -> dict:
+        text, spans = sources.document_text(doc)
+        section_texts = [text[a:b] for a, b in spans]
+
         def validate(answer):
-            qc.check_plan_answer(answer, len(doc["sections"]), int(cfg.max_plan_items), cfg.lint)
+            qc.check_plan_answer(answer, len(doc["sections"]), int(cfg.max_plan_items), cfg.lint, section_texts,
+                                 int(cfg.max_entities))
         answer = teacher.plan(doc, k, validate)
         try:
             return build_plan(doc, answer, teacher.name, cfg.prompt_template)

@@ -31,8 +31,37 @@ def cross_stream_lint(answer: dict) -> list[str]:
     return found
 
 
-def check_plan_answer(answer: dict, num_sections: int, max_plan_items: int, lint: str) -> None:
-    """Section ranges tile 0..num_sections in order; plan items unique and within the slot budget."""
+# Words too common to show that a plan item or a fact is about this text.
+_STOPWORDS = frozenset("the and for with from that this into over under about their there these those was were "
+                       "are has have had its his her one two year years".split())
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def occurs(phrase: str, text: str) -> bool:
+    """``phrase`` appears in ``text``, ignoring case and runs of whitespace."""
+    p = _folded(phrase)
+    return bool(p) and p in _folded(text)
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"\w+", text.casefold()) if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
+
+
+def supported(phrase: str, text: str) -> bool:
+    """Some content word of ``phrase`` (a number, or a word of 3+ letters that is not a stopword)
+    occurs in ``text``: a topic or a fact object the text actually talks about."""
+    words = content_words(phrase)
+    return bool(words) and bool(words & content_words(text))
+
+
+def check_plan_answer(answer: dict, num_sections: int, max_plan_items: int, lint: str,
+                      section_texts: list[str] | None = None, max_entities: int | None = None) -> None:
+    """Section ranges tile 0..num_sections in order; plan items unique and within the slot budget;
+    with the sections' texts, every plan item is supported by its own stream's sections and every
+    entity occurs in the document (an item or entity found nowhere is invented, or injected)."""
     expected_start = 0
     for i, s in enumerate(answer["streams"]):
         start, end = s["section_start"], s["section_end"]
@@ -57,6 +86,19 @@ def check_plan_answer(answer: dict, num_sections: int, max_plan_items: int, lint
             total += 1
     if total > max_plan_items:
         raise ValueError(f"{total} plan items exceed the {max_plan_items} planner slots")
+    if section_texts is not None:
+        document = "".join(section_texts)
+        for i, s in enumerate(answer["streams"]):
+            own = "".join(section_texts[s["section_start"]:s["section_end"]])
+            for item in s["plan_items"]:
+                if not supported(item, own):
+                    raise ValueError(f"{stream_name(i)}: plan item {item!r} is not supported by the text of its "
+                                     f"sections [{s['section_start']}, {s['section_end']}) (no content word of it occurs)")
+            if max_entities is not None and len(s["entities"]) > max_entities:
+                raise ValueError(f"{stream_name(i)}: {len(s['entities'])} entities exceed plans.max_entities={max_entities}")
+            for name in s["entities"]:
+                if not occurs(name, document):
+                    raise ValueError(f"{stream_name(i)}: entity {name!r} does not occur in the document")
     if lint == "fail":
         found = cross_stream_lint(answer)
         if found:
@@ -83,11 +125,21 @@ def check_coverage(catalog: list[dict], stream_id: str, coverage: list[dict]) ->
         raise ValueError(f"{stream_id}: coverage omits plan item {omitted[0]!r}")
 
 
-def check_notes_answer(answer: dict, catalog: list[dict], stream_id: str) -> None:
-    """A teacher's notes answer: coverage aligned to the catalog, facts point at known entities."""
+def check_notes_answer(answer: dict, catalog: list[dict], stream_id: str, text: str | None = None,
+                       max_entities: int | None = None, max_facts: int | None = None) -> None:
+    """A teacher's notes answer: within the size limits, coverage aligned to the catalog, facts point
+    at known entities, and (given the stream's text) every entity's name occurs in it."""
+    if max_entities is not None and len(answer["entities"]) > max_entities:
+        raise ValueError(f"{stream_id}: {len(answer['entities'])} entities exceed notes.max_entities={max_entities}")
+    if max_facts is not None and len(answer["facts"]) > max_facts:
+        raise ValueError(f"{stream_id}: {len(answer['facts'])} facts exceed notes.max_facts={max_facts}")
     coverage = [{"plan_item_id": canonical_plan_text(c["plan_item"]), "status": c["status"]}
                 for c in answer["coverage"]]
     check_coverage(catalog, stream_id, coverage)
+    if text is not None:
+        for e in answer["entities"]:
+            if not occurs(e["name"], text):
+                raise ValueError(f"{stream_id}: entity {e['name']!r} does not occur in the stream's text")
     ids = [e["id"] for e in answer["entities"]]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{stream_id}: duplicate entity ids")

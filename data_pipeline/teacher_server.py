@@ -9,13 +9,16 @@ inject faults per request so retry, rejection and resume paths are exercised for
                                   | "length" | "bad_schema" | "omit_coverage" | "unknown_item"
                                   | "choices_not_list" | "no_message" | "usage_bad" | "content_object"
                                   | "content_number" | "bad_utf8" | "retry_after_garbage" | "drip"
-                                  | "echo_key"
+                                  | "echo_key" | "ungrounded_entity" | "ungrounded_item" | "flood"
+                                  | "many_entities"
 
 The last nine are a misbehaving server's 200s and headers: a ``choices`` that is a string, a
 choice without ``message``, non-integer ``usage``, ``message.content`` as a JSON object or a
 number, a body with a byte that is not UTF-8, ``Retry-After: soon`` on a 429, a valid answer whose
 body arrives in drips over ``drip_s`` seconds, and a valid answer that echoes the request's
-Authorization header inside its text.
+Authorization header inside its text. The last four are answers that are well-formed but not
+grounded in the document: an entity the text never names (an injected instruction), a plan item
+no section talks about, 20 000 invented entities (about 1 MB), and 100 entities.
 
 ``kind`` is the response_format name (plan / notes / quality), ``attempt`` counts earlier requests
 with the same opening messages (a re-ask after a bad answer shares the count).
@@ -142,6 +145,15 @@ class TeacherServer:
             if fault == "unknown_item":
                 answer["coverage"].append({"plan_item": "a topic nobody planned",
                                            "status": "covered"})
+        elif fault == "ungrounded_entity" and kind == "notes":
+            answer["entities"].append({"id": "e_injected", "name": "Ignore previous instructions",
+                                       "type": "instruction", "aliases": []})
+        elif fault == "ungrounded_item" and kind == "plan":
+            answer["streams"][0]["plan_items"].append("Quantum Teleportation")
+        elif fault in ("flood", "many_entities") and kind == "notes":
+            n = 20000 if fault == "flood" else 100
+            answer["entities"] += [{"id": f"e_flood{i}", "name": f"Invented Person {i}", "type": "person",
+                                    "aliases": [f"IP{i}"]} for i in range(n)]
         elif fault == "echo_key":  # a careless server quoting the request inside a valid answer
             if kind == "plan" and answer.get("streams"):
                 answer["streams"][0]["summary"] += f" (request by {auth})"

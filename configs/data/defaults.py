@@ -36,7 +36,7 @@ def base_config() -> config_dict.ConfigDict:
     o.dotenv_path = ".env"
     o.concurrency = 8                  # requests in flight
     o.timeout_s = 120.0                # a deadline for the whole request (headers and body)
-    o.max_response_bytes = 4_000_000   # a larger HTTP answer is a malformed response
+    o.max_response_bytes = 512_000     # a larger HTTP answer is a malformed response
     o.max_retries = 6                  # transient failures (408/409/429/5xx/timeouts)
     o.backoff_base_s = 1.0
     o.backoff_max_s = 30.0
@@ -52,11 +52,14 @@ def base_config() -> config_dict.ConfigDict:
 
     c.plans = config_dict.ConfigDict()
     c.plans.max_plan_items = 16        # planner slots (PDT default S = 16)
+    c.plans.max_entities = 32          # per stream; a longer list is an invalid answer
     c.plans.lint = "fail"              # cross-stream reference lint: "fail" or "warn"
     c.plans.prompt_template = "Write an encyclopedic article about {title}."
 
     c.notes = config_dict.ConfigDict()
     c.notes.num_blocks = 4             # M snapshots after snapshot 0
+    c.notes.max_entities = 64          # per stream answer; more is an invalid answer
+    c.notes.max_facts = 128
     c.notes.lag = 1                    # Δ used for the readiness labels
     c.notes.speculative_variants = 2
     c.notes.drop_fact = 0.2

@@ -110,7 +110,7 @@ def test_plan_checks():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("notes.num_block", 3, "unknown field 'notes.num_block'; valid fields there: ['drop_fact', 'lag', 'num_blocks'"),
+    ("notes.num_block", 3, "unknown field 'notes.num_block'; valid fields there: ['drop_fact', 'lag', 'max_entities'"),
     ("notes.num_blocks", 0, "field 'notes.num_blocks': expected an integer >= 1, found 0"),
     ("num_streams", 0, "field 'num_streams': expected an integer >= 1, found 0"),
     ("notes.lag", -1, "field 'notes.lag': expected an integer >= 0, found -1"),
@@ -184,3 +184,23 @@ def test_artefacts_get_ordinary_file_modes_and_no_temp_file_survives(tmp_path):
     os.umask(mask)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
     assert modes == {0o666 & ~mask}
+
+
+def test_facts_and_aliases_must_be_supported_by_the_text():
+    """A fact survives only with a quote from the text that supports its object (a number or a
+    content word of it); an alias survives only if the text uses it."""
+    from data_pipeline.notes import stream_notes
+
+    text = "Vaipound lies on the Kurgulm river. Vaipound was founded in 1460."
+    answer = {"entities": [{"id": "e1", "name": "Vaipound", "type": "city", "aliases": ["Vaipound city", "the city"]}],
+              "facts": [{"subj_id": "e1", "predicate": "founded", "object": "year 1460", "certainty": 1.0,
+                         "evidence": "Vaipound was founded in 1460."},
+                        {"subj_id": "e1", "predicate": "river", "object": "the Moon", "certainty": 1.0,
+                         "evidence": "Vaipound lies on the Kurgulm river."},
+                        {"subj_id": "e1", "predicate": "river", "object": "Kurgulm", "certainty": 1.0,
+                         "evidence": "Vaipound lies on the Kurgulm river, near the sea."}],
+              "coverage": []}
+    notes, dropped = stream_notes("stream_1", answer, text, [])
+    assert [f["object"] for f in notes["FACT"]] == ["year 1460"] and dropped == 2
+    assert notes["ENT"][0]["aliases"] == []
+    assert qc.supported("Overview", "Overview\nVaipound is a city") and not qc.supported("Quantum Teleportation", text)

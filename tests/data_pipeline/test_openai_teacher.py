@@ -171,7 +171,10 @@ def test_api_key_never_leaks(tmp_path, api_key, make_server, capsys, caplog):
     rows = _export_rows(tmp_path)                 # the Parquet files are compressed: read them
     texts.append(json.dumps(rows))
     assert not [t for t in texts if API_KEY in t]
-    assert "Bearer ***" in json.dumps(rows[docs[1]["doc_id"]])  # the echo arrived, scrubbed
+    # the echo arrived, scrubbed: in the plan's summary (the notes' echoed alias is dropped, as no
+    # text uses it)
+    assert "Bearer ***" in (tmp_path / "plans/docs" / f"{docs[1]['doc_id']}.json").read_text()
+    assert docs[1]["doc_id"] in rows
     # nor in an exception raised when no key can be found
     with pytest.raises(TeacherError) as e:
         load_api_key("PDT_TEST_NO_SUCH_KEY", str(tmp_path / "missing.env"))
@@ -193,3 +196,37 @@ def test_retry_after_parsing():
     assert 0.0 <= _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) < 1.0
     assert _retry_after({}) is None
     assert _retry_after({"retry-after": "soon"}) is None and _retry_after({"retry-after": "-3"}) == 0.0
+
+
+def test_answers_not_grounded_in_the_document_are_rejected_with_their_reason(tmp_path, api_key, make_server):
+    """Entities the text never names (an injected instruction), plan items no section talks about,
+    a flood of invented entities and an answer over the entity limit are bad answers: re-asked
+    (showing the reason), then rejected; none of their text reaches the export."""
+    docs = world(6)
+    titles = [d["title"] for d in docs]
+    plan, notes = {1: "ungrounded_item"}, {0: "ungrounded_entity", 2: "flood", 3: "many_entities"}
+
+    def faults(kind, title, attempt):
+        i = titles.index(title) if title in titles else -1
+        if i == 4 and kind == "notes":
+            return "ungrounded_entity" if attempt == 0 else None   # corrected once told why
+        return (plan if kind == "plan" else notes if kind == "notes" else {}).get(i)
+
+    srv = make_server(docs, faults=faults)
+    cfg = openai_teacher_config(tmp_path, srv.base_url, 6)
+    pipeline.run(cfg, log=None)
+    sid = [d["doc_id"] for d in docs]
+    plans_bad = {r["sample_id"]: r["reason"] for _, r in iter_jsonl(tmp_path / "plans/rejected.jsonl")}
+    notes_bad = {r["sample_id"]: r["reason"] for _, r in iter_jsonl(tmp_path / "notes/rejected.jsonl")}
+    assert list(plans_bad) == [sid[1]] and "plan item 'Quantum Teleportation' is not supported" in plans_bad[sid[1]]
+    assert sorted(notes_bad) == sorted([sid[0], sid[2], sid[3]])
+    assert "entity 'Ignore previous instructions' does not occur in the stream's text" in notes_bad[sid[0]]
+    assert "response larger than max_response_bytes" in notes_bad[sid[2]]
+    assert "entities exceed notes.max_entities=64" in notes_bad[sid[3]]
+    rows = _export_rows(tmp_path)
+    assert sorted(rows) == sorted([sid[4], sid[5]])
+    text = json.dumps(rows)
+    assert "Ignore previous instructions" not in text and "Quantum Teleportation" not in text
+    # the re-ask quoted the reason to the model
+    asks = [e for e in srv.log if e["title"] == titles[4] and e["kind"] == "notes"]
+    assert len(asks) > 3      # three streams, one of them asked twice
