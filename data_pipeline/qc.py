@@ -87,17 +87,17 @@ def check_plan_answer(answer: dict, num_sections: int, max_plan_items: int, lint
     if total > max_plan_items:
         raise ValueError(f"{total} plan items exceed the {max_plan_items} planner slots")
     if section_texts is not None:
-        document = "".join(section_texts)
+        document = _folded("".join(section_texts))
         for i, s in enumerate(answer["streams"]):
-            own = "".join(section_texts[s["section_start"]:s["section_end"]])
+            own = content_words("".join(section_texts[s["section_start"]:s["section_end"]]))
             for item in s["plan_items"]:
-                if not supported(item, own):
+                if not content_words(item) & own:
                     raise ValueError(f"{stream_name(i)}: plan item {item!r} is not supported by the text of its "
                                      f"sections [{s['section_start']}, {s['section_end']}) (no content word of it occurs)")
             if max_entities is not None and len(s["entities"]) > max_entities:
                 raise ValueError(f"{stream_name(i)}: {len(s['entities'])} entities exceed plans.max_entities={max_entities}")
             for name in s["entities"]:
-                if not occurs(name, document):
+                if not _folded(name) or _folded(name) not in document:
                     raise ValueError(f"{stream_name(i)}: entity {name!r} does not occur in the document")
     if lint == "fail":
         found = cross_stream_lint(answer)
@@ -137,8 +137,9 @@ def check_notes_answer(answer: dict, catalog: list[dict], stream_id: str, text: 
                 for c in answer["coverage"]]
     check_coverage(catalog, stream_id, coverage)
     if text is not None:
+        folded = _folded(text)
         for e in answer["entities"]:
-            if not occurs(e["name"], text):
+            if not _folded(e["name"]) or _folded(e["name"]) not in folded:
                 raise ValueError(f"{stream_id}: entity {e['name']!r} does not occur in the stream's text")
     ids = [e["id"] for e in answer["entities"]]
     if len(set(ids)) != len(ids):
