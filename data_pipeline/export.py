@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pyarrow.parquet as pq
 
-from data_pipeline import qc
+from data_pipeline import qc, sources
 from data_pipeline.context import Context, files_fingerprint, stage_is_current, write_report
 from data_pipeline.notes import stream_texts
 from data_pipeline.storage import write_json, write_jsonl, write_parquet
@@ -20,6 +21,46 @@ _COVERAGE_VALUE = {"covered": 1.0, "partial": 0.5, "missing": 0.0}
 def hashing_of(ctx: Context) -> R.PlanHashing:
     cfg = ctx.config.export
     return R.PlanHashing(int(cfg.plan_vocab_size), int(cfg.plan_hash_buckets), cfg.plan_hash_salt)
+
+
+def entity_fields(notes: dict, sids: list[str], texts: dict[str, str]) -> dict:
+    """``entity_names``, ``entity_mentions`` and ``planned_entities`` (pdt_jax/records.py): every
+    whole-word mention of every entity's name or alias in every stream's text."""
+    forms: dict[str, set[str]] = {}
+    planned = []
+    for ent in (e for snap in notes["versioned_notes"][:1] for sid in sids for e in snap["notes"][sid]["ENT"]):
+        forms.setdefault(ent["name"], {ent["name"]})
+        planned.append(ent["name"])
+    for sid in sids:
+        for ent in notes["true_notes"][sid]["ENT"]:
+            forms.setdefault(ent["name"], set()).update([ent["name"], *ent["aliases"]])
+    names = list(forms)
+    mentions = []
+    for sid in sids:
+        found = []
+        for i, name in enumerate(names):
+            for form in forms[name]:
+                found += [(m.start(), m.end(), i) for m in re.finditer(r"(?<!\w)" + re.escape(form) + r"(?!\w)",
+                                                                        texts[sid])]
+        mentions.append([list(t) for t in sorted(set(found))])
+    return {"entity_names": names, "entity_mentions": mentions,
+            "planned_entities": sorted({names.index(n) for n in planned})}
+
+
+def plan_item_spans(doc: dict, plan: dict, offsets: dict[str, int]) -> list[list[int]]:
+    """For each catalog item, the span (in its owner stream's text) of the owner's section that
+    talks about it most (content words shared with heading and text; the first on a tie)."""
+    _, spans = sources.document_text(doc)
+    contract = {s["stream_id"]: s["section_contract"] for s in plan["streams"]}
+    out = []
+    for item in plan["catalog"]:
+        c = contract[item["stream_id"]]
+        words = qc.content_words(item["text"])
+        best = max(range(c["start"], c["end"]), key=lambda i: (
+            len(words & qc.content_words(doc["sections"][i]["heading"] + " " + doc["sections"][i]["text"])), -i))
+        start, end = spans[best]
+        out.append([start - offsets[item["stream_id"]], end - offsets[item["stream_id"]]])
+    return out
 
 
 def build_record(row: dict, hashing: R.PlanHashing) -> dict:
@@ -57,6 +98,8 @@ def build_record(row: dict, hashing: R.PlanHashing) -> dict:
         "lag": int(notes["lag"]),
         "notes_schema_version": notes["schema_version"],
         "notes_json": row["notes_json"],
+        **entity_fields(notes, sids, texts),
+        "plan_item_span": plan_item_spans(doc, plan, offsets),
         **hashing.to_dict(),
     }
 

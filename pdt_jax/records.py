@@ -42,8 +42,16 @@ M = S - 1 = blocks per stream that a readiness label is given for):
 - ``speculative_notes_text`` list[list[str]] [V][K]: degraded notes (student-side variants).
 - ``readiness_labels`` list[list[int]] [K][M]: 1 when block m of stream k (text between cursors
   m and m+1) only mentions entities already visible on the bus under lag Δ, else 0. Derived from the
-  data, never random.
+  data, never random. (Snapshot granularity; the trainer's per-τ-token labels are
+  :func:`block_labels`, from the three fields below.)
 - ``lag`` int: Δ used to derive the readiness labels (in snapshots).
+- ``entity_names`` list[str] [E]: every entity of the document's notes (and plan contract).
+- ``entity_mentions`` list[list[list[int]]] [K][n_k][3]: ``(start, end, entity)`` of every mention
+  (name or alias, whole word) of an entity in ``target_text[k]``, by start.
+- ``planned_entities`` list[int]: entities the plan contract (snapshot 0) announces: on the bus
+  from the start.
+- ``plan_item_span`` list[list[int]] [P][2]: the character span, in its owner stream's
+  ``target_text``, of the section that covers the item.
 - ``notes_schema_version`` str: ``"2.0"``.
 - ``notes_json`` str: the full notes artefact (schema 2.0) as JSON, for tools and audits.
 - ``plan_vocab_size``, ``plan_hash_buckets`` int, ``plan_hash_salt`` str: hashing metadata (D5),
@@ -62,7 +70,7 @@ import numpy as np
 import pyarrow as pa
 
 NOTES_SCHEMA_VERSION = "2.0"
-RECORD_SCHEMA_VERSION = "1.0"
+RECORD_SCHEMA_VERSION = "2.0"
 SPLITS = ("train", "validation", "test")
 
 
@@ -158,6 +166,10 @@ RECORD_SCHEMA = pa.schema([
     ("lag", pa.int64()),
     ("notes_schema_version", pa.string()),
     ("notes_json", pa.string()),
+    ("entity_names", _STR_LIST),
+    ("entity_mentions", pa.list_(pa.list_(_INT_LIST))),
+    ("planned_entities", _INT_LIST),
+    ("plan_item_span", pa.list_(_INT_LIST)),
     ("plan_vocab_size", pa.int64()),
     ("plan_hash_buckets", pa.int64()),
     ("plan_hash_salt", pa.string()),
@@ -207,6 +219,20 @@ def validate_record(record: Mapping[str, Any]) -> None:
         fail("readiness_labels must be [K][S-1]")
     if any(v not in (0, 1) for row in record["readiness_labels"] for v in row):
         fail("readiness_labels must be 0/1")
+    e = len(record["entity_names"])
+    if len(record["entity_mentions"]) != k:
+        fail(f"entity_mentions has {len(record['entity_mentions'])} entries for {k} streams")
+    for i, (text, mentions) in enumerate(zip(record["target_text"], record["entity_mentions"])):
+        for start, end, ent in mentions:
+            if not (0 <= start < end <= len(text) and 0 <= ent < e):
+                fail(f"entity mention {(start, end, ent)} outside target_text[{i}] or entity_names")
+    if any(not 0 <= x < e for x in record["planned_entities"]):
+        fail("planned_entities out of range")
+    if len(record["plan_item_span"]) != p:
+        fail(f"plan_item_span has {len(record['plan_item_span'])} entries for {p} plan items")
+    for (start, end), owner in zip(record["plan_item_span"], record["plan_item_stream"]):
+        if not 0 <= start < end <= len(record["target_text"][owner]):
+            fail(f"plan_item_span {(start, end)} outside target_text[{owner}]")
 
 
 def to_arrays(record: Mapping[str, Any], plan_slots: int) -> dict[str, np.ndarray]:
@@ -233,6 +259,69 @@ def to_arrays(record: Mapping[str, Any], plan_slots: int) -> dict[str, np.ndarra
     out["coverage_mask_P"][:p] = record["coverage_mask"]
     out["readiness_labels_KxM"] = np.asarray(record["readiness_labels"], np.int32)
     return out
+
+
+def block_char_ranges(token_spans: Sequence[Sequence[int]], tau: int, length: int) -> list[tuple[int, int]]:
+    """Blocks of ``tau`` tokens as character ranges of the text: block m covers tokens
+    [mτ, (m+1)τ) and runs from the first one's start to the next block's first start (the last
+    block to ``length``), so every character belongs to exactly one block."""
+    starts = [int(token_spans[i][0]) for i in range(0, len(token_spans), tau)]
+    return [(a, b) for a, b in zip(starts, starts[1:] + [length])]
+
+
+def block_labels(record: Mapping[str, Any], token_spans: Sequence[Sequence[Sequence[int]]], tau: int,
+                 lag: int) -> tuple[list[list[int]], list[list[list[float]]]]:
+    """The readiness and coverage labels of every block of τ tokens of every stream — what the bus
+    carries when the runtime decodes that block under lag Δ.
+
+    ``token_spans[k]``: (start, end) in ``target_text[k]`` of each target token of stream k, from
+    the tokenizer's offsets. Block m of stream k is decoded at round m, when a sibling's note of its
+    block u is visible iff u + 1 ≤ m − Δ (stamp u + 1). Returns:
+
+    * readiness [K][U_k] (0/1): 1 iff every entity mentioned in the block (a mention that starts in
+      it) is announced by the plan contract, or is the stream's own — introduced by it: an entity's
+      introducer is the first stream in document order that mentions it, as a sequential writer
+      introduces it — or its introducer's first mention lies in a block u with u + 1 ≤ m − Δ;
+    * coverage [K][U_k][P] (0, 0.5, 1): for each plan item, 0 if another stream owns it (a negative)
+      or the stream's text up to the block's end has not reached the item's section, 1 once it has
+      passed the section's end, 0.5 inside it.
+    """
+    texts = record["target_text"]
+    K = len(texts)
+    blocks = [block_char_ranges(token_spans[k], tau, len(texts[k])) for k in range(K)]
+
+    def block_of(k: int, offset: int) -> int:
+        return next(i for i, (a, b) in enumerate(blocks[k]) if offset < b) if blocks[k] else 0
+
+    planned = set(record["planned_entities"])
+    introduced: dict[int, tuple[int, int]] = {}   # entity -> (introducer, block of its first mention there)
+    for k in range(K):
+        for start, _, ent in record["entity_mentions"][k]:
+            introduced.setdefault(ent, (k, block_of(k, start)))
+    readiness = []
+    for k in range(K):
+        row = []
+        for m, (a, b) in enumerate(blocks[k]):
+            ok = True
+            for start, _, ent in record["entity_mentions"][k]:
+                if not a <= start < b or ent in planned:
+                    continue
+                owner, u = introduced[ent]
+                if owner != k and not u + 1 <= m - lag:
+                    ok = False
+                    break
+            row.append(int(ok))
+        readiness.append(row)
+    coverage = []
+    for k in range(K):
+        per_block = []
+        for _, end in blocks[k]:
+            targets = []
+            for (s0, s1), owner in zip(record["plan_item_span"], record["plan_item_stream"]):
+                targets.append(0.0 if owner != k or end <= s0 else 1.0 if end >= s1 else 0.5)
+            per_block.append(targets)
+        coverage.append(per_block)
+    return readiness, coverage
 
 
 class RecordSource:

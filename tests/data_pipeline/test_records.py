@@ -40,6 +40,8 @@ def record(tmp_path_factory):
     (lambda r: r["readiness_labels"][0].__setitem__(0, 2), "0/1"),
     (lambda r: r["label_spans"][1].append([5, 10**6]), "outside"),
     (lambda r: r.pop("prompt"), "missing fields"),
+    (lambda r: r["entity_mentions"][0].append([0, 10**6, 0]), "entity mention"),
+    (lambda r: r["plan_item_span"].__setitem__(0, [5, 10**6]), "plan_item_span"),
 ])
 def test_validate_record_rejects_broken_records(record, mutate, message):
     rec = copy.deepcopy(record[0])
@@ -61,3 +63,39 @@ def test_to_arrays_pads_and_source_pickles(record):
     assert len(src) >= 1
     clone = pickle.loads(pickle.dumps(src))
     assert clone[0] == src[0]
+
+
+def _tokens(text: str) -> list[list[int]]:
+    """Whitespace 'tokens' (start, end): a stand-in for a tokenizer's offsets."""
+    import re
+    return [[m.start(), m.end()] for m in re.finditer(r"\S+", text)]
+
+
+def test_block_labels_follow_the_bus_under_the_lag():
+    """Three streams, blocks of 2 words. Stream 1 introduces Ardis in block 1 (its first
+    mention); stream 2 mentions Ardis in blocks 0 and 3, stream 3 in block 1; Velmora is planned.
+    Under lag Δ a sibling's block-u note is readable at round m iff u + 1 <= m - Δ."""
+    texts = ["Velmora grew fast. Ardis came later. Then peace.",
+             "Ardis knew Velmora. Then war came. Ardis left.",
+             "Rain fell hard. Ardis returned home."]
+    names = ["Velmora", "Ardis"]
+    mentions = []
+    for t in texts:
+        found = [[t.index(n, i), t.index(n, i) + len(n), e] for e, n in enumerate(names)
+                 for i in range(len(t)) if t.startswith(n, i) and (i == 0 or not t[i - 1].isalnum())]
+        mentions.append(sorted(map(list, {tuple(x) for x in found})))
+    rec = {"target_text": texts, "entity_names": names, "entity_mentions": mentions, "planned_entities": [0],
+           "plan_item_span": [[0, 18], [19, 48], [0, 19], [20, 46], [0, 15]], "plan_item_stream": [0, 0, 1, 1, 2]}
+    spans = [_tokens(t) for t in texts]
+    ready0, cov = R.block_labels(rec, spans, tau=2, lag=0)
+    # stream 1 introduces Ardis; stream 2's block 0 mentions it before anyone wrote it; its block 3
+    # (round 3) reads stream 1's block-1 note (1 + 1 <= 3); stream 3's block 1 would need 1 + 1 <= 1
+    assert ready0 == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 0, 1]]
+    ready1, _ = R.block_labels(rec, spans, tau=2, lag=1)
+    assert ready1 == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 0, 1]]
+    ready2, _ = R.block_labels(rec, spans, tau=2, lag=2)
+    assert ready2[1] == [0, 1, 1, 0]
+    # coverage: own items by the block's end (0 before, 0.5 inside, 1 after), others' items 0
+    assert cov[0][0] == [0.5, 0.0, 0.0, 0.0, 0.0] and cov[0][1] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert cov[0][-1] == [1.0, 1.0, 0.0, 0.0, 0.0] and cov[2][-1] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert {v for per_stream in cov for block in per_stream for v in block} == {0.0, 0.5, 1.0}
