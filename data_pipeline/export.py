@@ -9,7 +9,7 @@ import time
 
 import pyarrow.parquet as pq
 
-from data_pipeline import qc, sources
+from data_pipeline import extraction, qc, sources
 from data_pipeline.context import Context, files_fingerprint, stage_is_current, write_report
 from data_pipeline.notes import stream_texts
 from data_pipeline.storage import write_json, write_jsonl, write_parquet
@@ -24,8 +24,9 @@ def hashing_of(ctx: Context) -> R.PlanHashing:
 
 
 def entity_fields(notes: dict, sids: list[str], texts: dict[str, str]) -> dict:
-    """``entity_names``, ``entity_mentions`` and ``planned_entities`` (pdt_jax/records.py): every
-    whole-word mention of every entity's name or alias in every stream's text."""
+    """``entity_names``, ``entity_mentions``, ``entity_references`` and ``planned_entities``
+    (pdt_jax/records.py): every whole-word mention of every entity's name or alias in every
+    stream's text, and the sentences that hold them."""
     forms: dict[str, set[str]] = {}
     planned = []
     for ent in (e for snap in notes["versioned_notes"][:1] for sid in sids for e in snap["notes"][sid]["ENT"]):
@@ -35,15 +36,20 @@ def entity_fields(notes: dict, sids: list[str], texts: dict[str, str]) -> dict:
         for ent in notes["true_notes"][sid]["ENT"]:
             forms.setdefault(ent["name"], set()).update([ent["name"], *ent["aliases"]])
     names = list(forms)
-    mentions = []
+    mentions, references = [], []
     for sid in sids:
         found = []
         for i, name in enumerate(names):
             for form in forms[name]:
                 found += [(m.start(), m.end(), i) for m in re.finditer(r"(?<!\w)" + re.escape(form) + r"(?!\w)",
                                                                         texts[sid])]
-        mentions.append([list(t) for t in sorted(set(found))])
-    return {"entity_names": names, "entity_mentions": mentions,
+        found = sorted(set(found))
+        mentions.append([list(t) for t in found])
+        refs = set()
+        for start, end in extraction.sentences(texts[sid]):
+            refs.update((start, end, i) for s0, _, i in found if start <= s0 < end)
+        references.append([list(t) for t in sorted(refs)])
+    return {"entity_names": names, "entity_mentions": mentions, "entity_references": references,
             "planned_entities": sorted({names.index(n) for n in planned})}
 
 

@@ -1,10 +1,20 @@
 """A synthetic world: encyclopedic documents about invented entities, with ground-truth facts.
 
 Names are built from syllables, so no fact can be known from pretraining: a model that states one
-has read it from the document or the notes bus. Documents cross-reference each other (a city's
-founder has their own article), which gives the readiness labels real cross-stream dependencies.
+has read it from the document or the notes bus.
 
-Everything derives from ``seed``: the same seed writes the same bytes.
+Variety, so that plans and labels can be learned rather than memorised:
+  * eight kinds of subject (city, person, company, river, ship, school, festival, mountain), each
+    with a pool of section kinds; a document draws its own subset (in the kind's order), so plans
+    differ in length and content from document to document;
+  * each document has three to five supporting entities (people, places, firms), each introduced by
+    one section ("Ardis Quell founded Velmora in 1201.") and reused by others with probability
+    ``reference_rate`` per section, at a random sentence position — the cross-stream dependencies
+    the readiness labels measure: a stream that writes a name its sibling introduces needs that
+    sibling's note first. Later sections may refer back, and earlier ones forward.
+
+Every sentence is a fact ``<subject> <predicate> <object>.`` whose subject opens the sentence (the
+procedural teacher recovers all of them). Everything derives from ``seed``.
 """
 from __future__ import annotations
 
@@ -18,14 +28,82 @@ _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
            "gr", "kr", "st", "th", "vr", "sk"]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ai", "ou"]
 _CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk", "lm"]
-_INDUSTRIES = ["salt mining", "glassmaking", "river trade", "wool weaving", "shipbuilding",
-               "copper smelting", "tea growing", "clockmaking"]
-_OCCUPATIONS = ["cartographer", "engineer", "merchant", "physician", "astronomer", "architect",
-                "composer", "botanist"]
-_PRODUCTS = ["copper wire", "glass lenses", "river barges", "woollen cloth", "pocket clocks",
-             "printed maps", "dyed silk", "iron bells"]
-_FESTIVALS = ["Lantern", "Harvest", "Tide", "Ember", "Frost", "Bell"]
+_CRAFTS = ["salt mining", "glassmaking", "river trade", "wool weaving", "shipbuilding", "copper smelting",
+           "tea growing", "clockmaking", "bell casting", "paper milling"]
+_JOBS = ["cartographer", "engineer", "merchant", "physician", "astronomer", "architect", "composer", "botanist"]
+_GOODS = ["copper wire", "glass lenses", "river barges", "woollen cloth", "pocket clocks", "printed maps",
+          "dyed silk", "iron bells"]
+_SEASONS = ["spring", "summer", "autumn", "winter"]
 _REGIONS = ["northern", "southern", "eastern", "western", "central"]
+_TERRAIN = ["highlands", "lowlands", "marshes", "plains", "valleys", "hills"]
+
+# Each kind: its title builder and its section kinds in document order, each a list of sentence
+# templates (predicate, object); {n}, {y}, {c}, {j}, {g}, {s}, {r}, {t} draw numbers and words.
+KINDS: dict[str, dict[str, Any]] = {
+    "city": {"title": "place", "sections": {
+        "Overview": [("is a city in the", "{r} {t}"), ("has a population of", "{n}")],
+        "History": [("was founded in", "{y}"), ("was rebuilt after a fire in", "{y}")],
+        "Geography": [("lies at an elevation of", "{n} metres"), ("spreads along", "{n} bridges")],
+        "Economy": [("is known for", "{c}"), ("exports", "{g}")],
+        "Culture": [("celebrates a lantern festival each", "{s}"), ("keeps a library of", "{n} books")],
+        "Transport": [("is served by", "{n} ferries"), ("opened a railway in", "{y}")],
+        "Government": [("is governed by a council of", "{n} members"), ("granted a charter in", "{y}")]}},
+    "person": {"title": "person", "sections": {
+        "Early life": [("was born in the year", "{y}"), ("grew up among", "{n} siblings")],
+        "Education": [("studied for", "{n} years"), ("trained as a", "{j}")],
+        "Career": [("worked as a", "{j}"), ("built", "{n} workshops")],
+        "Works": [("wrote", "{n} treatises"), ("designed", "{n} instruments")],
+        "Family": [("married in", "{y}"), ("raised", "{n} children")],
+        "Legacy": [("died in", "{y}"), ("is remembered each", "{s}")]}},
+    "company": {"title": "firm", "sections": {
+        "Overview": [("produces", "{g}"), ("employs", "{n} people")],
+        "History": [("was established in", "{y}"), ("survived a flood in", "{y}")],
+        "Products": [("sells", "{g}"), ("patented a process in", "{y}")],
+        "Operations": [("runs", "{n} warehouses"), ("ships goods each", "{s}")],
+        "Ownership": [("issued", "{n} shares"), ("was reorganised in", "{y}")],
+        "Controversies": [("paid a fine of", "{n} crowns"), ("lost a lawsuit in", "{y}")]}},
+    "river": {"title": "place", "sections": {
+        "Course": [("runs for", "{n} kilometres"), ("rises in the", "{r} {t}")],
+        "Tributaries": [("is fed by", "{n} streams"), ("floods each", "{s}")],
+        "Ecology": [("shelters", "{n} species of fish"), ("freezes in", "{s}")],
+        "Navigation": [("carries", "{g}"), ("was dredged in", "{y}")],
+        "Bridges": [("is crossed by", "{n} bridges"), ("gained a stone bridge in", "{y}")]}},
+    "ship": {"title": "vessel", "sections": {
+        "Construction": [("was launched in", "{y}"), ("measures", "{n} metres")],
+        "Service": [("carried", "{g}"), ("sailed for", "{n} years")],
+        "Voyages": [("made", "{n} voyages"), ("crossed the sea in", "{y}")],
+        "Crew": [("needed a crew of", "{n} sailors"), ("lost a mast in", "{y}")],
+        "Fate": [("was broken up in", "{y}"), ("rests in", "{n} metres of water")]}},
+    "school": {"title": "institute", "sections": {
+        "Overview": [("teaches", "{n} students"), ("is known for", "{c}")],
+        "History": [("opened in", "{y}"), ("moved to a new hall in", "{y}")],
+        "Campus": [("covers", "{n} hectares"), ("keeps", "{n} laboratories")],
+        "Academics": [("offers", "{n} courses"), ("trains students as", "{j}s")],
+        "Alumni": [("counts", "{n} graduates"), ("honours alumni each", "{s}")]}},
+    "festival": {"title": "event", "sections": {
+        "Origins": [("began in", "{y}"), ("was first held by", "{n} guilds")],
+        "Customs": [("lights", "{n} lanterns"), ("is held each", "{s}")],
+        "Music": [("features", "{n} bands"), ("commissions songs about", "{c}")],
+        "Food": [("serves", "{n} dishes"), ("is famous for", "{g}")],
+        "Attendance": [("draws", "{n} visitors"), ("was cancelled in", "{y}")]}},
+    "mountain": {"title": "place", "sections": {
+        "Geography": [("rises to", "{n} metres"), ("stands in the", "{r} {t}")],
+        "Geology": [("formed over", "{n} million years"), ("holds seams of", "{c}")],
+        "Climbing": [("was first climbed in", "{y}"), ("has", "{n} routes")],
+        "Wildlife": [("shelters", "{n} species of birds"), ("is snowbound each", "{s}")],
+        "Legends": [("inspired", "{n} songs"), ("appears in a chronicle of", "{y}")]}},
+}
+
+# How a supporting entity is introduced (its first sentence) and reused (later ones).
+_SUPPORT = {
+    "person": ([("founded", "{T} in {y}"), ("was the first patron of", "{T}")],
+               [("also praised", "{T}"), ("visited {T} in", "{y}"), ("wrote a letter about", "{T}"),
+                ("left a gift to", "{T}")]),
+    "place": ([("lies near", "{T}"), ("was granted to", "{T} in {y}")],
+              [("still trades with", "{T}"), ("sent envoys to {T} in", "{y}"), ("shares a road with", "{T}")]),
+    "firm": ([("supplied", "{T} from {y}"), ("opened an office beside", "{T}")],
+             [("still supplies", "{T}"), ("sponsored a hall for", "{T}"), ("lent money to", "{T}")]),
+}
 
 
 class _Namer:
@@ -40,77 +118,65 @@ class _Namer:
                 self._used.add(w)
                 return w
 
+    def name(self, kind: str) -> str:
+        if kind == "person":
+            return f"{self.word(2)} {self.word(2)}"
+        if kind == "firm":
+            return f"{self.word(2)} {self._rng.choice(['Works', 'Guild', 'Company'])}"
+        if kind == "vessel":
+            return f"{self.word(2)} {self._rng.choice(['Star', 'Queen', 'Wind'])}"
+        if kind == "institute":
+            return f"{self.word(2)} {self._rng.choice(['Academy', 'College', 'School'])}"
+        if kind == "event":
+            return f"{self.word(2)} {self._rng.choice(['Fair', 'Feast', 'Games'])}"
+        return self.word(2)
 
-def build_world(num_documents: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Returns (documents, ground-truth facts). Documents cycle city, person, organisation."""
+
+def build_world(num_documents: int, seed: int, reference_rate: float = 0.7) -> tuple[list[dict], list[dict]]:
+    """Returns (documents, ground-truth facts)."""
     rng = random.Random(seed)
     namer = _Namer(rng)
-    n_each = max(1, (num_documents + 2) // 3)
-    cities = [namer.word(2) for _ in range(n_each)]
-    rivers = [namer.word(2) for _ in range(n_each)]
-    people = [f"{namer.word(2)} {namer.word(2)}" for _ in range(n_each)]
-    orgs = [f"{namer.word(2)} Works" for _ in range(n_each)]
+    kinds = list(KINDS)
     docs, facts = [], []
 
-    def section(doc_id, heading, sentences):
-        for subj, pred, obj, sent in sentences:
-            facts.append({"doc_id": doc_id, "section": heading, "subject": subj,
-                          "predicate": pred, "object": obj, "sentence": sent})
-        return {"heading": heading, "text": " ".join(s[3] for s in sentences)}
-
-    def fact(subj, pred, obj):
-        return subj, pred, str(obj), f"{subj} {pred} {obj}."
+    def fill(template: str, title: str) -> str:
+        return template.format(
+            n=rng.randrange(2, 900), y=rng.randrange(900, 1900), c=rng.choice(_CRAFTS), j=rng.choice(_JOBS),
+            g=rng.choice(_GOODS), s=rng.choice(_SEASONS), r=rng.choice(_REGIONS), t=rng.choice(_TERRAIN),
+            T=title)
 
     for i in range(num_documents):
-        j, kind = i // 3, i % 3
+        kind = kinds[i % len(kinds)]
+        spec = KINDS[kind]
         doc_id = f"synth-{i:05d}"
-        if kind == 0:
-            c, p, o = cities[j], people[j], orgs[(j + 1) % n_each]
-            title, sections = c, [
-                section(doc_id, "Overview", [
-                    fact(c, "is a city in the", f"{rng.choice(_REGIONS)} highlands"),
-                    fact(c, "has a population of", rng.randrange(2000, 900000))]),
-                section(doc_id, "History", [
-                    fact(c, "was founded in", rng.randrange(900, 1800)),
-                    fact(c, "was founded by", p)]),
-                section(doc_id, "Geography", [
-                    fact(c, "lies on the banks of the", f"{rivers[j]} river"),
-                    fact(c, "has an average elevation of", f"{rng.randrange(5, 2400)} metres")]),
-                section(doc_id, "Economy", [
-                    fact(c, "is known for", rng.choice(_INDUSTRIES)),
-                    fact(c, "is home to", o)]),
-                section(doc_id, "Culture", [
-                    fact(c, "celebrates the", f"{rng.choice(_FESTIVALS)} festival each spring"),
-                    fact(c, "holds a yearly feast in honour of", p)]),
-            ]
-        elif kind == 1:
-            p, c, o = people[j], cities[j], orgs[j]
-            born = rng.randrange(900, 1800)
-            title, sections = p, [
-                section(doc_id, "Early life", [
-                    fact(p, "was born in", c), fact(p, "was born in the year", born)]),
-                section(doc_id, "Career", [
-                    fact(p, "worked as", f"a {rng.choice(_OCCUPATIONS)}"),
-                    fact(p, "founded", o)]),
-                section(doc_id, "Legacy", [
-                    fact(p, "died in", born + rng.randrange(30, 90)),
-                    fact(p, "left a fortune to", o),
-                    fact(p, "is remembered in", f"the {rivers[j]} valley")]),
-            ]
-        else:
-            o, c, p = orgs[j], cities[(j + 1) % n_each], people[j]
-            title, sections = o, [
-                section(doc_id, "Overview", [
-                    fact(o, "is headquartered in", c),
-                    fact(o, "produces", rng.choice(_PRODUCTS))]),
-                section(doc_id, "History", [
-                    fact(o, "was founded by", p),
-                    fact(o, "was established in", rng.randrange(1200, 1900))]),
-                section(doc_id, "Operations", [
-                    fact(o, "employs", f"{rng.randrange(20, 5000)} people"),
-                    fact(o, "ships goods along the", f"{rivers[(j + 1) % n_each]} river")]),
-            ]
-        docs.append({"doc_id": doc_id, "title": title, "sections": sections})
+        title = namer.name(spec["title"])
+        pool = list(spec["sections"])
+        chosen = sorted(rng.sample(range(len(pool)), rng.randrange(3, min(len(pool), 6) + 1)))
+        headings = [pool[j] for j in chosen]
+        sentences: list[list[tuple[str, str, str]]] = [
+            [(title, pred, fill(obj, title)) for pred, obj in rng.sample(spec["sections"][h], 2)] for h in headings]
+        # Supporting entities: introduced by one section, reused by others at random positions.
+        for _ in range(rng.randrange(3, 6)):
+            support = rng.choice(list(_SUPPORT))
+            name = namer.name(support)
+            intro, reuse = _SUPPORT[support]
+            home = rng.randrange(len(headings))
+            pred, obj = rng.choice(intro)
+            sentences[home].insert(rng.randrange(len(sentences[home]) + 1), (name, pred, fill(obj, title)))
+            for other in range(len(headings)):
+                if other != home and rng.random() < reference_rate:
+                    pred, obj = rng.choice(reuse)
+                    sentences[other].insert(rng.randrange(len(sentences[other]) + 1), (name, pred, fill(obj, title)))
+        sections = []
+        for heading, sents in zip(headings, sentences):
+            texts = []
+            for subj, pred, obj in sents:
+                sentence = f"{subj} {pred} {obj}."
+                texts.append(sentence)
+                facts.append({"doc_id": doc_id, "section": heading, "subject": subj, "predicate": pred,
+                              "object": obj, "sentence": sentence})
+            sections.append({"heading": heading, "text": " ".join(texts)})
+        docs.append({"doc_id": doc_id, "title": title, "kind": kind, "sections": sections})
     return docs, facts
 
 

@@ -48,6 +48,8 @@ M = S - 1 = blocks per stream that a readiness label is given for):
 - ``entity_names`` list[str] [E]: every entity of the document's notes (and plan contract).
 - ``entity_mentions`` list[list[list[int]]] [K][n_k][3]: ``(start, end, entity)`` of every mention
   (name or alias, whole word) of an entity in ``target_text[k]``, by start.
+- ``entity_references`` list[list[list[int]]] [K][r_k][3]: ``(start, end, entity)`` of every sentence
+  of ``target_text[k]`` that names an entity: what a block writing part of that sentence depends on.
 - ``planned_entities`` list[int]: entities the plan contract (snapshot 0) announces: on the bus
   from the start.
 - ``plan_item_span`` list[list[int]] [P][2]: the character span, in its owner stream's
@@ -168,6 +170,7 @@ RECORD_SCHEMA = pa.schema([
     ("notes_json", pa.string()),
     ("entity_names", _STR_LIST),
     ("entity_mentions", pa.list_(pa.list_(_INT_LIST))),
+    ("entity_references", pa.list_(pa.list_(_INT_LIST))),
     ("planned_entities", _INT_LIST),
     ("plan_item_span", pa.list_(_INT_LIST)),
     ("plan_vocab_size", pa.int64()),
@@ -220,12 +223,13 @@ def validate_record(record: Mapping[str, Any]) -> None:
     if any(v not in (0, 1) for row in record["readiness_labels"] for v in row):
         fail("readiness_labels must be 0/1")
     e = len(record["entity_names"])
-    if len(record["entity_mentions"]) != k:
-        fail(f"entity_mentions has {len(record['entity_mentions'])} entries for {k} streams")
-    for i, (text, mentions) in enumerate(zip(record["target_text"], record["entity_mentions"])):
-        for start, end, ent in mentions:
-            if not (0 <= start < end <= len(text) and 0 <= ent < e):
-                fail(f"entity mention {(start, end, ent)} outside target_text[{i}] or entity_names")
+    for field in ("entity_mentions", "entity_references"):
+        if len(record[field]) != k:
+            fail(f"{field} has {len(record[field])} entries for {k} streams")
+        for i, (text, spans) in enumerate(zip(record["target_text"], record[field])):
+            for start, end, ent in spans:
+                if not (0 <= start < end <= len(text) and 0 <= ent < e):
+                    fail(f"{field} entry {(start, end, ent)} outside target_text[{i}] or entity_names")
     if any(not 0 <= x < e for x in record["planned_entities"]):
         fail("planned_entities out of range")
     if len(record["plan_item_span"]) != p:
@@ -278,10 +282,11 @@ def block_labels(record: Mapping[str, Any], token_spans: Sequence[Sequence[Seque
     the tokenizer's offsets. Block m of stream k is decoded at round m, when a sibling's note of its
     block u is visible iff u + 1 ≤ m − Δ (stamp u + 1). Returns:
 
-    * readiness [K][U_k] (0/1): 1 iff every entity mentioned in the block (a mention that starts in
-      it) is announced by the plan contract, or is the stream's own — introduced by it: an entity's
-      introducer is the first stream in document order that mentions it, as a sequential writer
-      introduces it — or its introducer's first mention lies in a block u with u + 1 ≤ m − Δ;
+    * readiness [K][U_k] (0/1): 1 iff every entity that a sentence overlapping the block refers to
+      (``entity_references``) is announced by the plan contract, or is the stream's own — introduced
+      by it: an entity's introducer is the first stream in document order that mentions it, as a
+      sequential writer introduces it — or its introducer's first mention lies in a block u with
+      u + 1 ≤ m − Δ;
     * coverage [K][U_k][P] (0, 0.5, 1): for each plan item, 0 if another stream owns it (a negative)
       or the stream's text up to the block's end has not reached the item's section, 1 once it has
       passed the section's end, 0.5 inside it.
@@ -303,8 +308,8 @@ def block_labels(record: Mapping[str, Any], token_spans: Sequence[Sequence[Seque
         row = []
         for m, (a, b) in enumerate(blocks[k]):
             ok = True
-            for start, _, ent in record["entity_mentions"][k]:
-                if not a <= start < b or ent in planned:
+            for start, end, ent in record["entity_references"][k]:
+                if not (start < b and end > a) or ent in planned:
                     continue
                 owner, u = introduced[ent]
                 if owner != k and not u + 1 <= m - lag:

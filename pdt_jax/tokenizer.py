@@ -87,6 +87,14 @@ class Tokenizer:
         """Plain text → ids (no special tokens are added or parsed)."""
         return self.hf.encode(text, add_special_tokens=False, is_pretokenized=False).ids if text else []
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Plain text → (ids, character (start, end) of each token in ``text``): how character
+        spans of a record (labels, mentions, sections) map onto token positions."""
+        if not text:
+            return [], []
+        enc = self.hf.encode(text, add_special_tokens=False, is_pretokenized=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 

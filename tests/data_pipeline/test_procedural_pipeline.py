@@ -120,3 +120,31 @@ def test_limit_caps_documents(tmp_path):
     assert reports["preflight"]["counts"]["input"] == 5
     total = sum(json.loads((tmp_path / "export" / "metadata.json").read_text())["counts"].values())
     assert total == 5
+
+
+def test_block_labels_of_the_synthetic_world_vary_and_follow_the_references(run_dir):
+    """At the trainer's granularity (tiny BPE, τ = 4, Δ = 1) both readiness classes and all three
+    coverage values occur, and every unready block writes part of a sentence about an entity a
+    sibling introduces that is not on the bus yet."""
+    from pdt_jax.tokenizer import Tokenizer
+
+    tok = Tokenizer.tiny()
+    ready, covs = [], set()
+    for table in _records(run_dir).values():
+        for rec in table.to_pylist():
+            spans = [tok.encode_with_offsets(t)[1] for t in rec["target_text"]]
+            readiness, coverage = R.block_labels(rec, spans, 4, 1)
+            covs.update(v for per_stream in coverage for block in per_stream for v in block)
+            intro = {}
+            for k, ms in enumerate(rec["entity_mentions"]):
+                for _, _, e in ms:
+                    intro.setdefault(e, k)
+            for k, row in enumerate(readiness):
+                blocks = R.block_char_ranges(spans[k], 4, len(rec["target_text"][k]))
+                for (a, b), label in zip(blocks, row):
+                    ready.append(label)
+                    if not label:
+                        assert any(s < b and e > a and intro[ent] != k and ent not in rec["planned_entities"]
+                                   for s, e, ent in rec["entity_references"][k])
+    assert 0.4 <= sum(ready) / len(ready) < 1.0
+    assert covs == {0.0, 0.5, 1.0}

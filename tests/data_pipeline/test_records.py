@@ -40,7 +40,7 @@ def record(tmp_path_factory):
     (lambda r: r["readiness_labels"][0].__setitem__(0, 2), "0/1"),
     (lambda r: r["label_spans"][1].append([5, 10**6]), "outside"),
     (lambda r: r.pop("prompt"), "missing fields"),
-    (lambda r: r["entity_mentions"][0].append([0, 10**6, 0]), "entity mention"),
+    (lambda r: r["entity_mentions"][0].append([0, 10**6, 0]), "entity_mentions entry"),
     (lambda r: r["plan_item_span"].__setitem__(0, [5, 10**6]), "plan_item_span"),
 ])
 def test_validate_record_rejects_broken_records(record, mutate, message):
@@ -84,7 +84,8 @@ def test_block_labels_follow_the_bus_under_the_lag():
         found = [[t.index(n, i), t.index(n, i) + len(n), e] for e, n in enumerate(names)
                  for i in range(len(t)) if t.startswith(n, i) and (i == 0 or not t[i - 1].isalnum())]
         mentions.append(sorted(map(list, {tuple(x) for x in found})))
-    rec = {"target_text": texts, "entity_names": names, "entity_mentions": mentions, "planned_entities": [0],
+    rec = {"target_text": texts, "entity_names": names, "entity_mentions": mentions, "entity_references": mentions,
+           "planned_entities": [0],
            "plan_item_span": [[0, 18], [19, 48], [0, 19], [20, 46], [0, 15]], "plan_item_stream": [0, 0, 1, 1, 2]}
     spans = [_tokens(t) for t in texts]
     ready0, cov = R.block_labels(rec, spans, tau=2, lag=0)
@@ -99,3 +100,19 @@ def test_block_labels_follow_the_bus_under_the_lag():
     assert cov[0][0] == [0.5, 0.0, 0.0, 0.0, 0.0] and cov[0][1] == [1.0, 0.5, 0.0, 0.0, 0.0]
     assert cov[0][-1] == [1.0, 1.0, 0.0, 0.0, 0.0] and cov[2][-1] == [0.0, 0.0, 0.0, 0.0, 1.0]
     assert {v for per_stream in cov for block in per_stream for v in block} == {0.0, 0.5, 1.0}
+
+
+def test_a_block_depends_on_every_entity_its_sentence_refers_to():
+    """A sentence about a sibling's entity spans several blocks: each of them waits for the note."""
+    texts = ["Ardis Quell built the hall.", "Late that year the mayor thanked Ardis Quell warmly."]
+    rec = {"target_text": texts, "entity_names": ["Ardis Quell"],
+           "entity_mentions": [[[0, 11, 0]], [[33, 44, 0]]],
+           "entity_references": [[[0, 27, 0]], [[0, 52, 0]]], "planned_entities": [],
+           "plan_item_span": [[0, 27], [0, 52]], "plan_item_stream": [0, 1]}
+    spans = [_tokens(t) for t in texts]
+    readiness, _ = R.block_labels(rec, spans, tau=2, lag=0)
+    # stream 2's one sentence covers all five of its blocks, the name only the fourth; stream 1's
+    # note of block 0 is readable from round 1 on: only block 0 waits (mentions alone: none would)
+    assert readiness == [[1, 1, 1], [0, 1, 1, 1, 1]]
+    no_sentences = dict(rec, entity_references=rec["entity_mentions"])
+    assert R.block_labels(no_sentences, spans, tau=2, lag=0)[0] == [[1, 1, 1], [1, 1, 1, 1, 1]]
