@@ -204,3 +204,11 @@ def test_facts_and_aliases_must_be_supported_by_the_text():
     assert [f["object"] for f in notes["FACT"]] == ["year 1460"] and dropped == 2
     assert notes["ENT"][0]["aliases"] == []
     assert qc.supported("Overview", "Overview\nVaipound is a city") and not qc.supported("Quantum Teleportation", text)
+
+
+def test_a_missing_source_path_is_named(tmp_path):
+    from data_pipeline.config_check import DataConfigError
+
+    cfg = _files_config(tmp_path, [tmp_path / "there.jsonl"])
+    with pytest.raises(DataConfigError, match=f"field 'source.paths': expected existing files \\('{tmp_path}/there.jsonl' does not exist\\)"):
+        pipeline.run(cfg, log=None)
