@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from pdt_jax.bus import pad_or_truncate_l2
 from pdt_jax.sharding import ShardingRules, make_mesh
 from pdt_jax.sidecar import coverage as coverage_lib
 from pdt_jax.sidecar import heads
@@ -233,6 +234,17 @@ def prefill(trunk_params: dict, sidecar_params: dict, tokens_BxT: jax.Array, len
                       mask=jnp.zeros((B, 1, 1), bool), entries=jnp.zeros((B, 1), jnp.int32), gate=gate_B)
     return trunk_model.prefill(trunk_params, tokens_BxT, lengths_B, cfg=cfg.trunk, max_len=max_len, slack=slack,
                                hooks=cfg.hooks(), ctx=ctx, moe_impl=moe_impl)
+
+
+def text_vectors(trunk_params: dict, ids_BxT: jax.Array, lengths_B: jax.Array, *, trunk_cfg: TrunkConfig,
+                 notes_dim: int) -> jax.Array:
+    """Texts → notes-space vectors [B, notes_dim]: the frozen trunk's final hidden states averaged
+    over each text's tokens, cut or zero-padded to notes_dim and L2-normalised. The seed README's
+    recipe for seed texts, and D6's for teacher notes; a text with no token gives zeros."""
+    hidden, _ = trunk_model.prefill(trunk_params, ids_BxT, jnp.maximum(lengths_B, 1), cfg=trunk_cfg)
+    m = (jnp.arange(ids_BxT.shape[1])[None, :] < lengths_B[:, None]).astype(jnp.float32)
+    mean = jnp.einsum("btd,bt->bd", hidden.astype(jnp.float32), m) / jnp.maximum(m.sum(-1, keepdims=True), 1)
+    return pad_or_truncate_l2(mean, notes_dim) * (lengths_B > 0)[:, None]
 
 
 def window_entries(window, K: int) -> jax.Array:

@@ -63,6 +63,26 @@ class Tokenizer:
     def tiny(cls) -> "Tokenizer":
         return cls.from_file(TINY_TOKENIZER)
 
+    @classmethod
+    def for_model(cls, spec: str | None, checkpoint: str | None, vocab_size: int) -> "Tokenizer":
+        """The tokenizer a command line asks for: ``spec`` a tokenizer.json path, or "auto"/None — the
+        one next to ``checkpoint``, else the tiny BPE when the model has its vocabulary size. Checks
+        that every id fits the model's ``vocab_size``."""
+        if spec and spec != "auto":
+            tokenizer = cls.from_file(spec)
+        elif checkpoint and any(os.path.isfile(os.path.join(checkpoint, *p))
+                                for p in (("tokenizer.json",), ("tokenizer", "tokenizer.json"))):
+            tokenizer = cls.from_file(checkpoint)
+        elif vocab_size == cls.tiny().vocab_size:
+            tokenizer = cls.tiny()
+        else:
+            raise TokenizerError(f"--tokenizer: none found next to the checkpoint and the model has {vocab_size} "
+                                 "ids; pass --tokenizer PATH/tokenizer.json")
+        if tokenizer.vocab_size > vocab_size:
+            raise TokenizerError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids, the model only "
+                                 f"{vocab_size}")
+        return tokenizer
+
     # ---- basics --------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:

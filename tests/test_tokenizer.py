@@ -107,3 +107,16 @@ def test_bad_tokenizer_inputs(tmp_path):
         Tokenizer.from_file(str(tmp_path))
     with pytest.raises(TokenizerError, match="role"):
         Tokenizer.tiny().render([Message("narrator", "x")])
+
+
+def test_a_command_line_tokenizer_is_the_checkpoints_or_asked_for(tmp_path):
+    tiny = Tokenizer.tiny()
+    (tmp_path / "ckpt" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").write_text(tiny.hf.to_str())
+    found = Tokenizer.for_model("auto", str(tmp_path / "ckpt"), 201088)
+    assert found.source.endswith("ckpt/tokenizer/tokenizer.json")
+    assert Tokenizer.for_model(None, None, tiny.vocab_size).source == tiny.source
+    with pytest.raises(TokenizerError, match="--tokenizer: none found .* 201088 ids"):
+        Tokenizer.for_model("auto", str(tmp_path), 201088)              # a 20B model must not get the tiny BPE
+    with pytest.raises(TokenizerError, match=f"has {tiny.vocab_size} ids, the model only 100"):
+        Tokenizer.for_model(tiny.source, None, 100)

@@ -229,23 +229,7 @@ def load_model(cfg: pdt.PDTConfig, c, mesh):
     else:
         print("warning: no --checkpoint: the model config runs with freshly initialised parameters", file=sys.stderr)
         trunk_params, sidecar_params = init_params(cfg, c.seed, mesh)
-    tok_path = c.tokenizer or "auto"
-    if tok_path == "auto":
-        candidates = [c.checkpoint] if c.checkpoint else []
-        found = [p for p in candidates if os.path.exists(os.path.join(p, "tokenizer.json"))
-                 or os.path.exists(os.path.join(p, "tokenizer", "tokenizer.json"))]
-        if found:
-            tokenizer = Tokenizer.from_file(found[0])
-        elif cfg.trunk.vocab_size == Tokenizer.tiny().vocab_size:
-            tokenizer = Tokenizer.tiny()
-        else:
-            raise ValueError(f"--tokenizer: none found next to the checkpoint and the model has "
-                             f"{cfg.trunk.vocab_size} ids; pass --tokenizer PATH/tokenizer.json")
-    else:
-        tokenizer = Tokenizer.from_file(tok_path)
-    if tokenizer.vocab_size > cfg.trunk.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids, the model only "
-                         f"{cfg.trunk.vocab_size}")
+    tokenizer = Tokenizer.for_model(c.tokenizer, c.checkpoint, cfg.trunk.vocab_size)
     return cfg, trunk_params, sidecar_params, tokenizer
 
 

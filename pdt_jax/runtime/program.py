@@ -259,12 +259,8 @@ def rollback(rows_B, start: Small, now: Small, cache, base_cache, bus, stamp):
 
 
 def pooled_text_vectors(trunk_p, ids, lengths, *, cfg: pdt.PDTConfig):
-    """Seed texts → the trunk's last-hidden mean over each text, L2-normalised, padded/truncated to
-    notes_dim (the README's recipe for seed texts; D6 uses the same for teacher notes)."""
-    hidden, _ = trunk_model.prefill(trunk_p, ids, lengths, cfg=cfg.trunk)
-    m = (jnp.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
-    mean = jnp.einsum("btd,bt->bd", hidden.astype(jnp.float32), m) / jnp.maximum(m.sum(-1, keepdims=True), 1)
-    return bus_lib.pad_or_truncate_l2(mean, cfg.sidecar.notes_dim)
+    """Seed texts → notes-space vectors (``model.text_vectors``, the recipe teacher notes share)."""
+    return pdt.text_vectors(trunk_p, ids, lengths, trunk_cfg=cfg.trunk, notes_dim=cfg.sidecar.notes_dim)
 
 
 # ---- shardings ------------------------------------------------------------------------------------
