@@ -8,10 +8,13 @@ consumer at round v sees snapshot 0 and every note with stamp ≤ v − Δ: Δ =
 visible in the next round", Δ = 1 adds one round of delay. A producer keeps its newest
 ``bus_capacity`` notes; notes stay readable until evicted (never read-once).
 
-``forward_train`` runs two passes over teacher-forced streams (ARCHITECTURE.md, data flow "Train"):
-pass A writes a note per block with the speculation head; pass B decodes every stream against the
-windows those notes make under the rules above, so a stream's LM loss reaches its siblings' note
-writers through SNC (unless ``stop_grad_notes``).
+``forward_train`` runs n whole-sequence passes over teacher-forced streams (ARCHITECTURE.md, data
+flow "Train"): pass 1 writes a note per block with the speculation head reading snapshot 0 (or the
+teacher's notes); pass i decodes every stream against the windows pass i − 1's notes make under the
+rules above, so a stream's LM loss reaches its siblings' note writers through SNC (unless
+``stop_grad_notes``). At inference a note is written by a stream already reading its siblings'
+notes, so pass n is exact through round n·(Δ + 1) − 1 only; ``train/forward.py`` has the exact,
+block-recurrent form and says how the two compare.
 """
 from __future__ import annotations
 
@@ -130,9 +133,30 @@ def coverage_logits(side_p: dict, item_ids_BxS: jax.Array, hidden_BxTxD: jax.Arr
     return jnp.where((ends_BxU >= 0)[..., None], coverage_lib.readout(side_p["coverage"], at_ends), 0.0)
 
 
+def edit_bus(notes_PxKxUxN, present_PxKxU, batch: Mapping[str, Any], teacher=None):
+    """Training's bus regularisers, each given by an optional batch field (drawn by the train step):
+    ``bus_mix`` [P] bool — the example's streams read the teacher's notes instead of their own;
+    ``producer_keep`` [P, K] bool — a dropped producer's notes leave every window (stream dropout);
+    ``note_noise`` [P, K, U, N] — added to the notes (already scaled)."""
+    notes, present = notes_PxKxUxN, present_PxKxU
+    if batch.get("bus_mix") is not None:
+        mix = jnp.asarray(batch["bus_mix"], bool)
+        if teacher is None:
+            raise ValueError("bus mixing needs batch['teacher_notes']")
+        notes = jnp.where(mix[:, None, None, None], teacher, notes)
+        present = jnp.where(mix[:, None, None], jnp.any(teacher != 0, axis=-1), present)
+    if batch.get("note_noise") is not None:
+        notes = notes + jnp.asarray(batch["note_noise"], notes.dtype)
+    if batch.get("producer_keep") is not None:
+        keep = jnp.asarray(batch["producer_keep"], bool)
+        present = present & keep[:, :, None]
+        notes = notes * keep[:, :, None, None]
+    return notes, present
+
+
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
                   gate: float = 1.0, stop_grad_notes: bool = False, pass_a: str = "snapshot0",
-                  visible_producers: jax.Array | None = None, moe_impl: str = "auto") -> dict:
+                  visible_producers: jax.Array | None = None, moe_impl: str = "auto", passes: int = 2) -> dict:
     """Teacher-forced PDT over P examples × K streams.
 
     batch: tokens [P, K, T] int32 (prompt + stream target, right-padded), lengths [P, K],
@@ -140,8 +164,8 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
       optional snapshot0 [P, N] (default: the planner's projection of plan_ids),
       optional teacher_notes [P, K, U, N] (needed for pass_a="teacher").
     Returns float32 arrays: lm_logits [B, T, V]; planner_logits [P, S, V_p]; snapshot0 [P, N];
-      bus_notes [P, K, U, N] (pass A's speculation notes, what the bus carried); notes and
-      speculative_notes [P, K, U, N] (pass B's heads); block_present [P, K, U];
+      bus_notes [P, K, U, N] (pass n − 1's speculation notes, what the last pass read); notes and
+      speculative_notes [P, K, U, N] (pass n's heads); block_present [P, K, U];
       coverage_logits [P, K, U, S] (per block end); readiness_logits [P, K, U];
       stream_logits [P, K, K]; window_mask [B, T, W]; hidden [B, T, D].
     """
@@ -170,30 +194,39 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         snapshot0 = heads.plan_snapshot(sidecar_params["plan_embed"], sidecar_params["plan_to_notes"], plan_ids)
     snapshot0 = jnp.asarray(snapshot0, jnp.float32)
 
-    # Pass A: notes written by every stream, reading snapshot 0 (or the teacher's notes).
+    # Pass 1 reads snapshot 0 alone, or the teacher's notes (ARCHITECTURE.md D6).
+    teacher = batch.get("teacher_notes")
+    if teacher is not None:
+        teacher = jnp.asarray(teacher, jnp.float32)
+    if passes < 1:
+        raise ValueError(f"forward_train: passes must be >= 1, found {passes}")
     if pass_a == "snapshot0":
-        mask_a = (block >= 0)[:, :, None]
-        hidden_a = run((jnp.repeat(snapshot0[:, None, :], K, axis=0), jnp.full((B, 1), K, jnp.int32)), mask_a)
+        window = (jnp.repeat(snapshot0[:, None, :], K, axis=0), jnp.full((B, 1), K, jnp.int32))
+        mask = (block >= 0)[:, :, None]
+        bus_notes = jnp.zeros((P, K, U, sc.notes_dim), jnp.float32)
     elif pass_a == "teacher":
-        teacher = jnp.asarray(batch["teacher_notes"], jnp.float32)
-        present_t = jnp.any(teacher != 0, axis=-1)
-        hidden_a = run(_window_notes(snapshot0, teacher, K), training_window_mask(block, present_t, sc, visible_producers))
+        if teacher is None:
+            raise ValueError("forward_train: pass_a='teacher' needs batch['teacher_notes'] [P, K, U, N]")
+        bus_notes = teacher
+        window = _window_notes(snapshot0, teacher, K)
+        mask = training_window_mask(block, jnp.any(teacher != 0, axis=-1), sc, visible_producers)
     else:
         raise ValueError(f"pass_a: expected 'snapshot0' or 'teacher', found {pass_a!r}")
-    pooled_a, present_B = heads.block_pool(hidden_a, block, U)
-    bus_notes = heads.note_head(sidecar_params["spec_head"], pooled_a).reshape(P, K, U, -1)
-    if stop_grad_notes:
-        bus_notes = jax.lax.stop_gradient(bus_notes)
+    hidden = run(window, mask)
+    for _ in range(passes - 1):
+        # Pass i: every stream decodes against the windows built from pass i − 1's notes.
+        pooled_prev, present_B = heads.block_pool(hidden, block, U)
+        bus_notes = heads.note_head(sidecar_params["spec_head"], pooled_prev).reshape(P, K, U, -1)
+        if stop_grad_notes:
+            bus_notes = jax.lax.stop_gradient(bus_notes)
+        bus_notes, present = edit_bus(bus_notes, present_B.reshape(P, K, U), batch, teacher)
+        mask = training_window_mask(block, present, sc, visible_producers)
+        window = _window_notes(snapshot0, bus_notes, K)
+        hidden = run(window, mask)
+    window_b, mask_b = window[0], mask
+    pooled, present_B = heads.block_pool(hidden, block, U)
     present = present_B.reshape(P, K, U)
-
-    # Pass B: every stream decodes against the windows built from pass A's notes.
-    mask_b = training_window_mask(block, present, sc, visible_producers)
-    window_b = _window_notes(snapshot0, bus_notes, K)
-    hidden = run(window_b, mask_b)
-    window_b = window_b[0]
     lm_logits = trunk_model.unembed(trunk_params, hidden)
-
-    pooled, _ = heads.block_pool(hidden, block, U)
     notes = heads.note_head(sidecar_params["notes_head"], pooled)
     spec = heads.note_head(sidecar_params["spec_head"], pooled)
     # The last token of each block: coverage is read there (prefix up to the block's end).

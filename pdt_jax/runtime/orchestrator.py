@@ -7,8 +7,11 @@ Per round v (ARCHITECTURE.md data flow "Infer"), three steps, each its own metho
      sigmoid(r) < γ fail the readiness gate.
   2. ``_retry``: a failed stream is rolled back — its tokens discarded, its cache length, logits and
      accumulators back at the block start, its note off the bus — and retries the block reading the
-     window at horizon v + 1 (``window_round`` v + 1 + Δ), which holds what its siblings published
-     at the end of the failed block (the paper's "fresher shared context"). A retry that would
+     window round v + 1 would read (``window_round`` v + 1, horizon v + 1 − Δ): the lag holds for
+     retries too, so a retry reads a window training produces (the next block's) and the readiness
+     head is never asked about one it was not trained on. With Δ = 0 that window holds what the
+     siblings published at the end of the failed block (the paper's "fresher shared context"); with
+     Δ ≥ 1 it adds the notes published one round earlier. A retry that would
      repeat the attempt exactly — greedy decoding from the same state, reading the same notes —
      is not run: the block is committed, recorded as forced with reason ``retry_identical`` (only
      when every failing stream of the prompt is in that case: ``_would_repeat``). After
@@ -261,9 +264,8 @@ class Orchestrator:
                     "readiness": float(_sigmoid(o["readiness"][b])), "note_removed": bool(emit[b])})
             self._rollback(can_retry, v + 1)
             rnd.retries += can_retry
-            # The fresher window: read at the horizon where the notes just published (stamp v + 1)
-            # are visible whatever Δ is, so the retry sees its siblings' notes of the failed block.
-            out_r = self._submit_rows(v + 1 + self.lag, can_retry, remaining, st["gate"].copy())()
+            # The fresher window: the one round v + 1 reads (the lag holds: module docstring).
+            out_r = self._submit_rows(v + 1, can_retry, remaining, st["gate"].copy())()
             rnd.waits.append(out_r["_wait_s"])
             for b in np.nonzero(can_retry)[0]:
                 rnd.attempt[b] = out_r
@@ -284,7 +286,7 @@ class Orchestrator:
         after.rollback(rows, v + 1)
         for b in np.nonzero(rows)[0]:
             seen = self._windows.get(b)
-            same[b] = seen is not None and self._window_of(b, v + 1, after) == seen
+            same[b] = seen is not None and self._window_of(b, v + 1 - self.lag, after) == seen
         per_prompt = (same | ~rows).reshape(-1, self.K).all(axis=1)      # every retrying row of the prompt
         return same & np.repeat(per_prompt, self.K)
 

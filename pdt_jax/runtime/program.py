@@ -109,10 +109,13 @@ def _window(bus, static: RoundStatic, window_round, lag, cf, key):
 
 
 def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, small: Small, bus, item_ids,
-             window_round, lag, active, remaining, gate, alpha, temperature, top_p, key, cf):
+             window_round, lag, active, remaining, gate, alpha, temperature, top_p, key, cf, forced=None):
     """Decode up to τ tokens for every active row (a lax.scan of ``trunk.decode.step``), then write
     the provisional note, coverage and readiness. ``remaining`` [B]: tokens a row may still write
-    this round. Returns the window read this round only when a freeze counterfactual may need it."""
+    this round; ``forced`` [B, τ]: teacher-forced tokens (training's exact form) instead of choices.
+    Returns the window read this round only when a freeze counterfactual may need it; ``out`` also
+    holds every step's hidden state [B, τ, D] and the logits each token was chosen from [B, τ, V]
+    (dropped by the runtime's packing, read by training)."""
     TRACE_COUNTS["round"] += 1
     cfg = static.cfg
     sc = cfg.sidecar
@@ -135,11 +138,11 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
 
     def step(carry, xs):
         cache, base_cache, logits, alive = carry
-        i, sub = xs
+        i, sub, forced_B = xs
         go = alive & (i < budget)
         token, hidden, new_logits, cache = decode.step(
             trunk_p, cache, logits, go, sub, sampling, cfg=cfg.trunk, temperature=temperature, top_p=top_p,
-            hooks=hooks, ctx=ctx, moe_impl=static.moe_impl)
+            hooks=hooks, ctx=ctx, moe_impl=static.moe_impl, forced_B=forced_B)
         delta = jnp.zeros(token.shape, jnp.float32)
         if static.blend:
             # g = 0 makes both sidecar residuals exactly zero: the base stream is the bare trunk.
@@ -151,7 +154,7 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
         return (cache, base_cache, jnp.where(go[:, None], new_logits, logits), alive), (token, go, logits, hidden, delta)
 
     carry = (cache, base_cache, small.logits, jnp.ones_like(active))
-    xs = (jnp.arange(static.block_size), step_keys)
+    xs = (jnp.arange(static.block_size), step_keys, None if forced is None else forced.T)
     (cache, base_cache, logits, _), (tokens, produced, step_logits, hidden, delta) = jax.lax.scan(
         step, carry, xs, unroll=static.unroll)
     tau, B, V = step_logits.shape
@@ -170,7 +173,8 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
     summary = heads.window_summary(notes, mask)
     readiness = heads.readiness_logit(side_p["agree"], pooled, summary, cov_logits, note)
     out = {"tokens": tokens, "produced": produced, "margins": margins, "note": note, "coverage": cov_logits,
-           "readiness": readiness, "window_size": mask.sum(-1).astype(jnp.int32), "attended_delta": delta[-1]}
+           "readiness": readiness, "window_size": mask.sum(-1).astype(jnp.int32), "attended_delta": delta[-1],
+           "hidden": hidden, "step_logits": step_logits.transpose(1, 0, 2)}
     return cache, base_cache, small, key, out, (window if static.freeze else None)
 
 

@@ -49,9 +49,11 @@ def forward(params: dict, token_B: jax.Array, cache: KVCache, go_B: jax.Array, *
 
 def step(params: dict, cache: KVCache, logits_BxV: jax.Array, go_B: jax.Array, key: jax.Array | None,
          sampling: Sampling, *, cfg: TrunkConfig, temperature=1.0, top_p=1.0, hooks: Any = None, ctx: Any = None,
-         moe_impl: str = "auto"):
+         moe_impl: str = "auto", forced_B: jax.Array | None = None):
     """One generation step for every row: rows without ``go`` write the pad token and stay as they
-    are. Returns (token [B], hidden [B, D], logits [B, V], cache)."""
-    token = jnp.where(go_B, choose(logits_BxV, key, sampling, temperature, top_p), cfg.pad_token_id)
+    are; ``forced`` [B] (teacher forcing, training's exact form) replaces the choice.
+    Returns (token [B], hidden [B, D], logits [B, V], cache)."""
+    chosen = choose(logits_BxV, key, sampling, temperature, top_p) if forced_B is None else forced_B
+    token = jnp.where(go_B, chosen, cfg.pad_token_id)
     hidden, logits, cache = forward(params, token, cache, go_B, cfg=cfg, hooks=hooks, ctx=ctx, moe_impl=moe_impl)
     return token, hidden, logits, cache

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from acting import Spy, tiny_model, with_readiness_bias
 
-from pdt_jax import config_files
 from pdt_jax import model as pdt
 from pdt_jax.runtime import program
 from pdt_jax.runtime.device import DeviceEngine
@@ -16,8 +16,6 @@ from pdt_jax.runtime.manifest import deterministic_view
 from pdt_jax.runtime.options import Cadence, Counterfactuals, RuntimeOptions
 from pdt_jax.runtime.replay import replay
 from pdt_jax.runtime.run import run_pdt
-from pdt_jax.tokenizer import Tokenizer
-from pdt_jax.trunk.params import init_trunk
 
 PROMPTS = ["Tell me about Velmora.", "Where is Port Salvine?"]
 PREFIXES = {"stream_1": "Part 1: history. ", "stream_2": "Part 2: places. ", "stream_3": "Part 3: people. "}
@@ -25,41 +23,11 @@ PREFIXES = {"stream_1": "Part 1: history. ", "stream_2": "Part 2: places. ", "st
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = config_files.pdt_config(config_files.load("configs/model/pdt.py:tiny"))
-    trunk = init_trunk(cfg.trunk, jax.random.key(0), 0.1)
-    side = pdt.init_sidecar(cfg, jax.random.key(1))
-    keys = iter(jax.random.split(jax.random.key(2), 16))
-    layers = []
-    for lp in side["layers"]:  # an "trained-looking" sidecar: SNC and adapters act
-        lp = dict(lp, snc=dict(lp["snc"]), adapter=dict(lp["adapter"]), snc_gate=jnp.float32(2.0),
-                  adapter_gate=jnp.float32(2.0))
-        lp["snc"]["o"] = 0.5 * jax.random.normal(next(keys), lp["snc"]["o"].shape)
-        lp["adapter"]["up"] = 0.5 * jax.random.normal(next(keys), lp["adapter"]["up"].shape)
-        layers.append(lp)
-    return cfg, trunk, dict(side, layers=layers), Tokenizer.tiny()
+    return tiny_model()
 
 
 def low_readiness(side):
-    return dict(side, agree=dict(side["agree"], b2=jnp.float32(-50.0)))
-
-
-class Spy:
-    """Wraps a DeviceEngine and keeps every round's result (to inspect rolled-back attempts)."""
-
-    def __init__(self, engine):
-        self.engine, self.rounds = engine, []
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def submit(self, *a):
-        fetch = self.engine.submit(*a)
-
-        def spied():
-            out = fetch()
-            self.rounds.append(out)
-            return out
-        return spied
+    return with_readiness_bias(side, -50.0)
 
 
 def run(model, opts, prompts=PROMPTS, side=None, cfg=None, spy=False, **kw):
@@ -127,6 +95,15 @@ def test_a_retry_that_cannot_differ_is_committed_without_recomputing(model):
             assert [b["forced_reason"] for b in blocks] == ["retry_identical"] * 3
         assert all(e["forced_commit_streams"] == list(m["streams"]) for e in m["stride_commit_events"])
     assert spy.engine.bus_state()["valid"].sum() == 2 * 3 * 3  # every block's note is on the bus
+
+    # The lag holds for retries: with Δ = 1000 a retry reads the window round v + 1 would read,
+    # which holds no note either, so no retry can differ — none is run, whatever was published.
+    opts = RuntimeOptions(max_new_tokens=12, readiness_threshold=1.0, lag=1000, max_retries=2)
+    manifests, spy = run(model, opts, spy=True)
+    assert len(spy.rounds) == 3 and all(r["window_size"].max() == 1 for r in spy.rounds)
+    for m in manifests:
+        assert m["rollbacks"] == []
+        assert all(b["forced_reason"] == "retry_identical" for bl in m["committed_blocks_by_stream"].values() for b in bl)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])

@@ -1,0 +1,113 @@
+"""Training's forward equals inference: the exact (block-recurrent) form reproduces the runtime's
+notes, readiness, coverage and token margins at every round, with published notes visible, at
+Δ = 0, 1, 2; the two-pass form is exact only through round 2Δ + 1 (and this test sees where it
+drifts); the LM loss of one stream reaches the note writer of another only when notes are visible."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from acting import Spy, tiny_model, with_readiness_bias
+
+from pdt_jax import model as pdt
+from pdt_jax.runtime import program
+from pdt_jax.runtime.device import DeviceEngine
+from pdt_jax.runtime.options import RuntimeOptions
+from pdt_jax.runtime.run import run_pdt
+from pdt_jax.train import forward as train_forward
+
+PROMPT = "Tell me about Velmora."
+PREFIXES = {"stream_1": "Part 1: history. ", "stream_2": "Part 2: places. ", "stream_3": "Part 3: people. "}
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg, trunk, side, tok = tiny_model()
+    return cfg, trunk, with_readiness_bias(side, 50.0), tok  # every block commits: no rollback
+
+
+def runtime_rounds(model, lag):
+    """The runtime's greedy run (Spy: every round's device output) and its text as a training batch."""
+    cfg, trunk, side, tok = model
+    opts = RuntimeOptions(max_new_tokens=ROUNDS * cfg.sidecar.block_size, lag=lag)
+    spy = Spy(DeviceEngine(cfg, trunk, side, opts, 1, 64))
+    m = run_pdt(cfg, trunk, side, tok, [PROMPT], opts, stream_prefixes=PREFIXES, engine=spy)[0]
+    names = cfg.sidecar.stream_names
+    rows = [tok.prompt(PROMPT, prefix=PREFIXES[n]) for n in names]
+    gen = [m["streams"][n]["token_ids"] for n in names]
+    T = max(len(r) for r in rows) + ROUNDS * cfg.sidecar.block_size
+    toks, lens, start = np.zeros((1, 3, T), np.int32), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.int32)
+    for k, (r, g) in enumerate(zip(rows, gen)):
+        toks[0, k, :len(r) + len(g)], lens[0, k], start[0, k] = r + g, len(r) + len(g), len(r)
+    batch = {"tokens": toks, "lengths": lens, "target_start": start,
+             "plan_ids": np.asarray(m["plan"]["slot_ids"], np.int32)[None]}
+    return spy.rounds, batch
+
+
+def margins_at(lm_logits, batch, k, v, tau):
+    """The runtime's top-2 margins of block v of stream k, from teacher-forced logits: token j of
+    the target is chosen from the logits at position start + j − 1."""
+    s, n = int(batch["target_start"][0, k]), int(batch["lengths"][0, k])
+    pos = np.arange(s + v * tau - 1, min(s + (v + 1) * tau, n) - 1)
+    return np.asarray(program.top2_margin(jnp.asarray(lm_logits[k, pos])))
+
+
+def test_exact_form_equals_the_runtime_at_every_round(model):
+    cfg, trunk, side, _ = model
+    tau = cfg.sidecar.block_size
+    traces = []
+
+    def exact(tp, sp, batch, lag):
+        traces.append(1)
+        return train_forward.forward_exact(tp, sp, batch, cfg=cfg, lag=lag)
+    exact = jax.jit(exact)
+    two_pass = {lag: jax.jit(lambda tp, sp, b, c=dataclasses.replace(cfg, sidecar=dataclasses.replace(
+        cfg.sidecar, lag=lag)): pdt.forward_train(tp, sp, b, cfg=c)) for lag in (0, 1)}
+    for lag in (0, 1, 2):
+        rounds, batch = runtime_rounds(model, lag)
+        assert len(rounds) == ROUNDS
+        out = jax.device_get(exact(trunk, side, batch, jnp.int32(lag)))
+        seen_notes = 0
+        for v, r in enumerate(rounds):
+            # A sibling's note is in the window from round Δ + 1 (snapshot 0 is always there).
+            seen_notes += int((r["window_size"] > 1).sum())
+            assert (r["window_size"] > 1).all() == (v >= lag + 1), (lag, v)
+            for k in range(3):
+                produced = r["produced"][k]
+                np.testing.assert_allclose(out["bus_notes"][0, k, v], r["note"][k], atol=1e-5, rtol=0)
+                np.testing.assert_allclose(out["readiness_logits"][0, k, v], r["readiness"][k], atol=1e-5, rtol=0)
+                np.testing.assert_allclose(out["coverage_logits"][0, k, v], r["coverage"][k], atol=1e-5, rtol=0)
+                np.testing.assert_allclose(margins_at(out["lm_logits"], batch, k, v, tau),
+                                           r["margins"][k][produced], atol=1e-5, rtol=0)
+                assert out["window_size"][0, k, v] == r["window_size"][k]
+                assert out["published"][0, k, v]
+        assert seen_notes > 0
+        if lag in two_pass:
+            # The two-pass form: exact through round 2Δ + 1, then its notes' contents drift.
+            tp = jax.device_get(two_pass[lag](trunk, side, batch))
+            diff = [max(np.abs(margins_at(tp["lm_logits"], batch, k, v, tau)
+                               - margins_at(out["lm_logits"], batch, k, v, tau)).max() for k in range(3))
+                    for v in range(ROUNDS)]
+            exact_through = 2 * lag + 1
+            assert max(diff[:exact_through + 1]) < 1e-4, diff
+            assert max(diff[exact_through + 1:]) > 1e-3, diff
+    assert len(traces) == 1  # Δ is traced: one program for every lag
+
+
+def test_lm_loss_reaches_a_siblings_note_writer_only_through_visible_notes(model):
+    """Stream 1's LM loss has a gradient on the speculation head (which only writes notes) when
+    Δ = 0 makes notes visible, and none when Δ = 1000 hides them all."""
+    cfg, trunk, side, _ = model
+    _, batch = runtime_rounds(model, 0)
+
+    def loss(spec_head, lag):
+        out = train_forward.forward_exact(trunk, dict(side, spec_head=spec_head), batch, cfg=cfg, lag=lag)
+        s, n = int(batch["target_start"][0, 0]), int(batch["lengths"][0, 0])
+        logp = jax.nn.log_softmax(out["lm_logits"][0, s - 1:n - 1])
+        return -jnp.take_along_axis(logp, jnp.asarray(batch["tokens"][0, 0, s:n])[:, None], axis=-1).mean()
+    grad = jax.jit(jax.grad(loss))
+    norm = lambda g: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g)))
+    assert norm(grad(side["spec_head"], jnp.int32(0))) > 1e-4
+    assert norm(grad(side["spec_head"], jnp.int32(1000))) == 0.0
