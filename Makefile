@@ -14,8 +14,10 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
+# Two workers (the CI host has two cores; compiling dominates the suite), a test file per worker so a
+# module's fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	@echo "make demo: the demo job arrives with its own issue (training on the tiny default); not built yet." >&2

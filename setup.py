@@ -31,6 +31,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": [
         "pytest>=8",
+        "pytest-xdist>=3.5",   # make test: two workers, one test file each at a time
         "hypothesis>=6.100",
         "torch==2.13.0",
         "transformers==5.24.0",

@@ -205,7 +205,7 @@ def init_params(cfg: pdt.PDTConfig, seed: int, mesh, init_std: float = 0.02):
 
 def load_model(cfg: pdt.PDTConfig, c, mesh):
     """Returns (PDTConfig, trunk params, sidecar params, tokenizer), parameters on their shardings."""
-    from pdt_jax.sidecar.checkpoint import load_sidecar
+    from pdt_jax.sidecar.checkpoint import load_sidecar, read_sidecar_config
     from pdt_jax.trunk import Trunk
 
     if c.checkpoint:
@@ -223,6 +223,10 @@ def load_model(cfg: pdt.PDTConfig, c, mesh):
         side_path = os.path.join(ck, "sidecar.safetensors")
         if os.path.exists(side_path):
             sidecar_params = load_sidecar(side_path, cfg.trunk, cfg.sidecar)
+            # The readiness threshold γ calibrated by training travels with the sidecar (an explicit
+            # --readiness-threshold still wins: RuntimeOptions.resolve).
+            cfg = dataclasses.replace(cfg, sidecar=dataclasses.replace(
+                cfg.sidecar, readiness_threshold=read_sidecar_config(side_path).readiness_threshold))
         else:
             print(f"warning: {ck} has no sidecar.safetensors: the sidecar is freshly initialised", file=sys.stderr)
             _, sidecar_params = init_params(cfg, c.seed, mesh)

@@ -54,6 +54,10 @@ def run_pdt(model_cfg, trunk_params, sidecar_params, tokenizer, prompts, opts, *
                          f"{model_cfg.trunk.max_position_embeddings}")
     if engine is None:
         engine = DeviceEngine(model_cfg, trunk_params, sidecar_params, opts, P, max_len, mesh=mesh)
+    elif getattr(engine, "max_len", max_len) < min(max_len, T + opts.max_new_tokens):
+        # A KV cache shorter than prompt + new tokens would wrap onto the prompt's first positions.
+        raise ValueError(f"engine: its KV cache holds {engine.max_len} positions; the prompts ({T} padded "
+                         f"tokens) and --max-new-tokens {opts.max_new_tokens} need {T + opts.max_new_tokens}")
     device = engine
     if replay_dir:
         engine = RecordingEngine(engine, replay_dir, replay_chunk_size)

@@ -74,13 +74,20 @@ def test_gate_decays_on_volatile_blocks_waits_a_cooldown_then_recovers():
     assert engine.calls[1]["gate"][0] == pytest.approx(0.6)
 
 
-def test_retry_reads_the_horizon_where_fresh_notes_are_visible():
+def test_a_retry_reads_the_window_of_the_next_round_under_the_same_lag():
+    """The lag holds for retries: a retry of round v reads window round v + 1 (horizon v + 1 − Δ),
+    the window training shows the next block — never one the readiness head was not trained on."""
     for lag in (0, 1, 2):
-        opts = RuntimeOptions(max_new_tokens=4, max_retries=1)
-        _, engine = orchestrate([[LOW, HIGH, HIGH], [HIGH] * 3, [HIGH] * 3], opts, lag=lag)
-        assert engine.calls[0]["window_round"] == 0
-        assert engine.calls[1]["window_round"] == 1 + lag          # the retry of round 0
-        assert engine.calls[1]["active"].tolist() == [True, False, False]
+        # Stream 1 fails round 1 (greedy): its retry reads window round 2 — horizon 2 − Δ.
+        opts = RuntimeOptions(max_new_tokens=6, max_retries=1)
+        _, engine = orchestrate([[HIGH] * 3, [LOW, HIGH, HIGH]] + [[HIGH] * 3] * 3, opts, lag=lag)
+        assert [c["window_round"] for c in engine.calls[:2]] == [0, 1]
+        retry = engine.calls[2]
+        if lag < 2:   # the retry sees a note its attempt (horizon 1 − Δ) could not: it runs
+            assert retry["window_round"] == 2 and retry["active"].tolist() == [True, False, False]
+        else:         # horizon 0 holds no note either: it could only repeat the attempt, and is not run
+            assert retry["window_round"] == 2 and retry["active"].tolist() == [True, True, True]
+            assert len(engine.calls) == 3
 
 
 def test_finished_prompts_stop_reporting_commit_events():

@@ -32,7 +32,7 @@ def runtime_rounds(model, lag):
     """The runtime's greedy run (Spy: every round's device output) and its text as a training batch."""
     cfg, trunk, side, tok = model
     opts = RuntimeOptions(max_new_tokens=ROUNDS * cfg.sidecar.block_size, lag=lag)
-    spy = Spy(DeviceEngine(cfg, trunk, side, opts, 1, 64))
+    spy = Spy(DeviceEngine(cfg, trunk, side, opts, 1, 128))
     m = run_pdt(cfg, trunk, side, tok, [PROMPT], opts, stream_prefixes=PREFIXES, engine=spy)[0]
     names = cfg.sidecar.stream_names
     rows = [tok.prompt(PROMPT, prefix=PREFIXES[n]) for n in names]

@@ -1,0 +1,89 @@
+"""The training objective (the paper's Appendix A), each term on its own, masked to what is real.
+
+Terms (``TERMS``; a stage's weights choose which count, every computed term is logged):
+
+* ``planner``: CE of the planner's slots against the record's plan ids; null slots (id 0) are
+  ignored (the PyTorch trainer trained them).
+* ``notes`` / ``spec``: MSE of the notes head / speculation head per block against the teacher's
+  note embedding of that block (D6), on real blocks that have a teacher note only.
+* ``lm``: next-token CE — the logits at t predict the token at t + 1 — on the target tokens the
+  record's label spans supervise (section masks) and the EOS.
+* ``kd``: KL(teacher ‖ student) at temperature T (× T²) on the same positions, against the frozen
+  trunk reading the document before the stream's target (D7), aligned token for token.
+* ``coverage``: BCE per block and plan item against the 0 / 0.5 / 1 labels, hint-provenance items
+  and padded slots masked.
+* ``readiness``: BCE per block against the lag-Δ readiness labels.
+* ``stream``: CE of the stream classifier (which stream wrote this row).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+TERMS = ("planner", "notes", "spec", "lm", "kd", "coverage", "readiness", "stream")
+
+
+def _mean(x, mask):
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _bce(logits, targets):
+    return jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def lm_targets(batch):
+    """(next tokens [B, T], mask [B, T]): position t is scored on the token at t + 1."""
+    tokens = batch["tokens"]
+    P, K, T = tokens.shape
+    nxt = jnp.concatenate([tokens[..., 1:], jnp.zeros_like(tokens[..., :1])], axis=-1).reshape(P * K, T)
+    mask = jnp.concatenate([batch["label_mask"][..., 1:], jnp.zeros_like(batch["label_mask"][..., :1])], axis=-1)
+    return nxt, mask.reshape(P * K, T)
+
+
+def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_logits=None,
+            kd_temperature: float = 1.0) -> tuple[jax.Array, dict]:
+    """(weighted total, {term: value}) for the terms with a non-zero weight. ``kd_logits``: the
+    KD teacher's logits aligned to the student's positions [B, T, V] (needed when ``kd`` counts)."""
+    terms = {}
+    on = lambda name: float(weights.get(name, 0.0)) != 0.0
+    P, K = batch["tokens"].shape[:2]
+    block_mask = batch["block_mask"] & out["block_present"]
+    if on("planner"):
+        logp = jax.nn.log_softmax(out["planner_logits"].astype(jnp.float32), axis=-1)
+        ids = batch["plan_ids"]
+        nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+        terms["planner"] = _mean(nll, ids > 0)
+    if on("notes") or on("spec"):
+        teacher = batch["teacher_notes"]
+        real = block_mask & jnp.any(teacher != 0, axis=-1)
+        for name, key in (("notes", "notes"), ("spec", "speculative_notes")):
+            if on(name):
+                terms[name] = _mean(jnp.mean((out[key] - teacher) ** 2, axis=-1), real)
+    if on("lm") or on("kd"):
+        nxt, mask = lm_targets(batch)
+        logits = out["lm_logits"].astype(jnp.float32)
+        if on("lm"):
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            terms["lm"] = _mean(-jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0], mask)
+        if on("kd"):
+            if kd_logits is None:
+                raise ValueError("losses: the kd term needs the KD teacher's logits (data.kd_context > 0)")
+            tT = kd_temperature
+            t_logp = jax.nn.log_softmax(kd_logits.astype(jnp.float32) / tT, axis=-1)
+            s_logp = jax.nn.log_softmax(logits / tT, axis=-1)
+            kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1) * tT ** 2
+            has_teacher = batch["kd_index"].reshape(mask.shape) >= 0
+            terms["kd"] = _mean(kl, mask & has_teacher)
+    if on("coverage"):
+        m = block_mask[..., None] & batch["coverage_item_mask"][:, None, None, :]
+        terms["coverage"] = _mean(_bce(out["coverage_logits"], batch["coverage"]), m)
+    if on("readiness"):
+        terms["readiness"] = _mean(_bce(out["readiness_logits"], batch["readiness"]), block_mask)
+    if on("stream"):
+        logp = jax.nn.log_softmax(out["stream_logits"].astype(jnp.float32), axis=-1)     # [P, K, K]
+        terms["stream"] = -jnp.mean(jnp.diagonal(logp, axis1=1, axis2=2))
+    total = sum(float(weights[k]) * v for k, v in terms.items())
+    return total, terms
