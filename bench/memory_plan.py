@@ -12,6 +12,10 @@ Plans (one ``per_device_bytes_<plan>`` field each):
     output / alias / temporary sizes. Also the start program (prefill of ``--prompt-tokens``).
     XLA:CPU has no bf16 matmul and upcasts the weights inside the program, so the bf16 figure is an
     upper bound; ``per_device_bytes_infer_gpu_estimate`` takes the temporaries of the f32 program.
+  * ``stage0`` … ``stage4``: the train step of configs/stage<i>.py (production default: GPT-OSS-20B
+    on the stage config's mesh) at ``--train-seq`` tokens per row, abstract sharded state (parameters,
+    AdamW state over the stage's trainable set) and batch. Detail fields per stage: trunk, sidecar,
+    optimizer state, XLA temporaries, rows, compile time.
 Target: every plan ≤ 80 GB per device (an H100).
 """
 from __future__ import annotations
@@ -115,6 +119,53 @@ def infer_plan(cfg, prompts: int, context: int, prompt_tokens: int) -> dict:
     return out
 
 
+def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, dtype: str | None = None) -> dict:
+    """Lowers and compiles stage ``stage``'s train step (configs/stage<stage>.py, production
+    default) with abstract sharded state and batch; returns its per-device bytes."""
+    import jax
+
+    from bench._train import abstract_batch, stage_static
+    from pdt_jax import config_files
+    from pdt_jax.sidecar.params import sidecar_specs
+    from pdt_jax.train import state as state_lib
+    from pdt_jax.train import step as step_lib
+    from pdt_jax.trunk.params import abstract_from_specs, trunk_specs
+
+    config = config_files.load(f"configs/stage{stage}.py", overrides)
+    cfg = config_files.pdt_config(config.model)
+    if dtype:
+        cfg = dataclasses.replace(cfg, trunk=cfg.trunk.replace(dtype=dtype))
+    mesh = cfg.make_mesh()
+    st, tr = config.stage, config.train
+    P = int(tr.batch_size) if P is None else P
+    A = int(tr.grad_accum) if accum is None else accum
+    kd = int(config.data.kd_context) if float(st.losses.kd) > 0 else 0
+    params = {"sidecar": abstract_from_specs(sidecar_specs(cfg.trunk, cfg.sidecar)),
+              "trunk": abstract_from_specs(trunk_specs(cfg.trunk))}
+    chosen = state_lib.trainable_paths(params, tuple(st.trainable))
+    tx, sched = state_lib.optimizer(tr)
+    abstract = jax.eval_shape(lambda p: state_lib.create(p, chosen, tx, 0), params)
+    static = stage_static(st, cfg, chosen, cfg.moe_impl(mesh))
+    steps = step_lib.Steps(static, tx, sched, abstract, mesh, cfg.rules)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
+    batch = abstract_batch(cfg, P, T, A, kd)
+    t0 = time.perf_counter()
+    compiled = steps.lower_train(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    name = f"stage{stage}"
+    trunk_b, side_b = per_device_bytes(state.params["trunk"]), per_device_bytes(state.params["sidecar"])
+    opt_b = per_device_bytes(state.opt_state)
+    temp = int(mem.temp_size_in_bytes)
+    return {f"per_device_bytes_{name}": trunk_b + side_b + opt_b + temp, f"{name}_trunk_bytes": trunk_b,
+            f"{name}_sidecar_bytes": side_b, f"{name}_optimizer_bytes": opt_b, f"{name}_temp_bytes": temp,
+            f"{name}_trainable_params": int(sum(x.size for x in state_lib.select(params, chosen).values())),
+            f"{name}_rows": P * cfg.K, f"{name}_accum": A, f"{name}_seq": T, f"{name}_kd": bool(kd),
+            f"{name}_form": st.forward.form, f"{name}_remat": bool(st.forward.remat),
+            f"{name}_mesh": {k: int(v) for k, v in mesh.shape.items()}, f"{name}_dtype": cfg.trunk.dtype,
+            f"{name}_compile_s": compile_s}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/model/pdt.py",
@@ -123,6 +174,11 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--context", type=int, default=8192, help="KV-cache length (tokens per row)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--plans", default="infer,stage0,stage1,stage2,stage3,stage4",
+                    help="comma-separated: infer, stage0 ... stage4")
+    ap.add_argument("--train-seq", type=int, default=2048)
+    ap.add_argument("--train-examples", type=int, default=None, help="examples per micro-batch (default: the stage's)")
+    ap.add_argument("--train-accum", type=int, default=None)
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
     _fake_devices(args.devices)
@@ -135,6 +191,25 @@ def main(argv=None):
     print(f"memory plan, {args.config} {' '.join(overrides)}, {len(jax.devices())} {jax.devices()[0].platform} "
           f"devices, mesh {dict(cfg.mesh)}", flush=True)
     r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices())}
+    plans = [p.strip() for p in args.plans.split(",") if p.strip()]
+    train_overrides = [o.replace("--config.", "--config.model.", 1) for o in overrides]
+    for p in plans:
+        if not p.startswith("stage"):
+            continue
+        t = train_plan(int(p[5:]), train_overrides, args.train_examples, args.train_seq, args.train_accum)
+        r.update(t)
+        print(f"{p}: {t[p + '_rows']} rows x {t[p + '_seq']} tokens (x{t[p + '_accum']} micro-batches), form "
+              f"{t[p + '_form']}, KD {t[p + '_kd']}, mesh {t[p + '_mesh']}, {t[p + '_trainable_params'] / 1e6:.0f} M "
+              f"trainable (compiled in {t[p + '_compile_s']:.0f} s)")
+        for label, key in (("trunk", "trunk_bytes"), ("sidecar", "sidecar_bytes"), ("optimizer", "optimizer_bytes"),
+                           ("temporaries", "temp_bytes")):
+            print(f"  {label:<28}{t[p + '_' + key] / GB:>10.2f} GB")
+        print(f"  {p.upper() + ' per device':<28}{t['per_device_bytes_' + p] / GB:>10.2f} GB", flush=True)
+        if args.json:   # after every plan: a long run keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+    if "infer" not in plans:
+        return r
     r.update(infer_plan(cfg, args.prompts, args.context, args.prompt_tokens))
     if cfg.trunk.dtype == "bfloat16":
         # XLA:CPU has no bf16 dot: it converts the weights to f32 inside the program, so the bf16

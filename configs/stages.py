@@ -7,7 +7,7 @@
     configs/stage4.py  trunk_unfreeze     + the whole trunk (memory plan only on the seed's hardware)
     configs/curriculum.py                 stages 0–3 in sequence, each from the previous one's final checkpoint
 
-Variants: default = GPT-OSS-20B trunk on an 8-GPU mesh at sequence 2048 (``trunk_checkpoint`` and
+Variants: default = GPT-OSS-20B trunk on an 8-GPU FSDP mesh at sequence 2048 (``trunk_checkpoint`` and
 ``data.export_dir`` must be set); ``small`` = the 4-layer benchmark trunk; ``tiny`` = the 2-layer
 test trunk, which builds the tiny synthetic dataset and a random trunk under ``runs/`` when they are
 absent, so ``python launch/train.py --config=configs/stage2.py:tiny --workdir=runs/try`` runs on a
@@ -74,6 +74,12 @@ def get_config(index: int, arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
     c.variant = variant or "20b"
     c.model = model_configs.get_config(variant)
+    if c.variant == "20b":
+        # Training's production mesh is FSDP over the 8 GPUs: every parameter split along the model
+        # dimension, the rows (examples × streams) split 8 ways. Inference's expert-parallel mesh
+        # would replicate every row's activations and logits on every device.
+        c.model.mesh.expert = 1
+        c.model.mesh.fsdp = -1
     c.stage = stage_block(index)
     c.trunk_checkpoint = ""          # a converted trunk directory (python -m converters.gpt_oss ...)
     c.tokenizer = ""                 # tokenizer.json; default: the checkpoint's (tiny: the tiny BPE)
@@ -122,6 +128,14 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
     fights the LM loss (measured on the tiny curriculum: KD rose 5–44% per stage while LM CE fell)
     — so tiny stages train without KD (small and 20B keep it: their trunk is a language model), and
     every tiny stage may start from a fresh sidecar."""
+    if variant in ("tiny", "small") and stage.index >= 2:
+        # Streams reading each other's notes train on exactly what inference computes. The passes
+        # form drifts after round n·(Δ + 1) − 1: with the tiny curriculum's trained sidecars, two
+        # passes disagree with inference by up to 1.7 logits (argmax agreement 46–67% after the
+        # horizon); the exact form costs 3.2× (tiny) – 4× (small) its forward + backward on CPU
+        # (bench/train_forward.py). At 20B the exact form would decode 2048 tokens one step at a
+        # time per row: stages 2–3 run two passes there.
+        stage.forward.form = "exact"
     if variant == "tiny":
         stage.losses.kd = 0.0
         if stage.index > 0:

@@ -67,7 +67,8 @@ def unflatten(flat: dict[str, np.ndarray]):
 def to_torch(array: np.ndarray):
     import torch
 
-    array = np.ascontiguousarray(array)
+    shape = np.shape(array)
+    array = np.ascontiguousarray(array).reshape(shape)   # ascontiguousarray makes a 0-d array 1-d
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(array.copy())

@@ -25,7 +25,7 @@ def save_sidecar(path: str, params, trunk: TrunkConfig, cfg: SidecarConfig) -> N
 
     tensors = {k: np.asarray(v) for k, v in _flat(params).items()}
     meta = {"format": "pdt-jax-sidecar", "sidecar_config": json.dumps(cfg.to_mapping()),
-            "trunk_hidden_size": str(trunk.hidden_size), **{k: str(v) for k, v in cfg.hashing_metadata().items()}}
+            "trunk_hidden_size": str(trunk.hidden_size), "trunk_num_layers": str(trunk.num_layers), **{k: str(v) for k, v in cfg.hashing_metadata().items()}}
     tmp = path + ".tmp"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)

@@ -45,6 +45,22 @@ def forward(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], 
     raise ValueError(f"train.forward.form: expected one of {FORMS}, found {form!r}")
 
 
+def _regularise(small, emit_B, batch, v, P: int, K: int):
+    """Training's bus regularisers on the note a round publishes (``model.edit_bus``'s batch
+    fields): ``bus_mix`` [P] — the example's streams publish the teacher's note of this block
+    instead; ``note_noise`` [P, K, U, N] — added; ``producer_keep`` [P, K] — a dropped producer
+    publishes nothing."""
+    note = small.note
+    if batch.get("bus_mix") is not None:
+        teacher = jnp.asarray(batch["teacher_notes"], jnp.float32)[:, :, v].reshape(P * K, -1)
+        note = jnp.where(jnp.repeat(jnp.asarray(batch["bus_mix"], bool), K)[:, None], teacher, note)
+    if batch.get("note_noise") is not None:
+        note = note + jnp.asarray(batch["note_noise"], note.dtype)[:, :, v].reshape(P * K, -1)
+    if batch.get("producer_keep") is not None:
+        emit_B = emit_B & jnp.asarray(batch["producer_keep"], bool).reshape(-1)
+    return small.replace(note=note), emit_B
+
+
 def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: pdt.PDTConfig,
                   gate: float = 1.0, lag=None, note_every: int | None = None, stop_grad_notes: bool = False,
                   remat: bool = False, moe_impl: str = "auto") -> dict:
@@ -52,9 +68,12 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
 
     batch: as ``model.forward_train`` (tokens [P, K, T], lengths, target_start, plan_ids, optional
     snapshot0). ``lag``: Δ (traced; default the sidecar's); ``note_every``: the cadence M (default τ).
-    A row is active in round v while it has target tokens left (its target ends at its length).
+    A row is active in round v while it has target tokens left (its target ends at its length; an
+    end-of-sequence id inside a target ends that row's round there, as at inference — the data
+    pipeline puts EOS at the end only).
+    The bus regularisers (``model.edit_bus``'s batch fields) act on what each round publishes.
     Returns ``model.forward_train``'s keys (``bus_notes``: the provisional note of each round, what a
-    publish writes; ``window_mask`` is replaced by ``window_size`` [P, K, U]) plus ``published``
+    publish writes without regularisers; ``window_mask`` is replaced by ``window_size`` [P, K, U]) plus ``published``
     [P, K, U] (the round's note went on the bus)."""
     sc, K = cfg.sidecar, cfg.K
     tau = sc.block_size
@@ -110,7 +129,10 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         produced = out["produced"].sum(-1)
         emit = active & (since + produced >= M)           # the runtime's deterministic cadence
         since = jnp.where(emit, 0, since + produced)
-        ys = {k: out[k] for k in ("hidden", "note", "coverage", "readiness", "window_size", "produced")}
+        ys_note = out["note"]
+        small, emit = _regularise(small, emit, batch, v, P, K)   # what is published (training only)
+        ys = {k: out[k] for k in ("hidden", "coverage", "readiness", "window_size", "produced")}
+        ys["note"] = ys_note
         return (cache, small, bus, since, emit), dict(ys, published=emit)
 
     body = jax.checkpoint(one_round) if remat else one_round

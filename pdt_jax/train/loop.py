@@ -73,9 +73,9 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
         if not 0.0 <= float(st[field]) <= 1.0:
             raise ConfigError(f"stage.{field}: a probability in [0, 1], found {st[field]}")
     regs = [f for f in ("bus_mix", "stream_dropout", "note_noise") if float(st[f]) > 0]
-    if regs and form != "passes":
-        raise ConfigError(f"stage.{regs[0]}: the bus regularisers act on the 'passes' form only; "
-                          f"stage.forward.form is {form!r} (not built for it)")
+    if regs and form == "teacher":
+        raise ConfigError(f"stage.{regs[0]}: the bus regularisers act on the student's notes; stage.forward.form "
+                          f"'teacher' reads the teacher's (use 'passes' or 'exact')")
     if st.init_from is None or st.init_from == "":
         raise ConfigError(f"stage.init_from: stage {st.index} ({st.name}) must start from the previous stage: "
                           f"set --config.stage.init_from=DIR (its workdir or an exported checkpoint) or 'fresh'")

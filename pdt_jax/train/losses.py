@@ -43,14 +43,49 @@ def lm_targets(batch):
     return nxt, mask.reshape(P * K, T)
 
 
+def token_terms_chunked(hidden_BxTxD, kd_hidden_BxTxD, nxt_BxT, mask_BxT, kd_mask_BxT, unembed, *, lm: bool,
+                        kd: bool, temperature: float, chunk: int):
+    """LM CE and KD of ``compute`` from hidden states, ``chunk`` positions at a time: the [B, T, V]
+    logits (201k-wide for GPT-OSS) are never materialised, and each chunk's are recomputed in the
+    backward pass (``jax.checkpoint``). Returns {"lm": …, "kd": …} (the terms asked for)."""
+    B, T, D = hidden_BxTxD.shape
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    split = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)).reshape(
+        (B, n, chunk) + x.shape[2:]).swapaxes(0, 1)
+    xs = (split(hidden_BxTxD), split(nxt_BxT), split(mask_BxT), split(kd_mask_BxT))
+    if kd:
+        xs = xs + (split(kd_hidden_BxTxD),)
+
+    @jax.checkpoint
+    def body(x):
+        h, y, m, km = x[:4]
+        logits = unembed(h).astype(jnp.float32)
+        out = {}
+        if lm:
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+            out["lm"] = (jnp.sum(nll * m), jnp.sum(m.astype(jnp.float32)))
+        if kd:
+            t_logp = jax.nn.log_softmax(unembed(x[4]).astype(jnp.float32) / temperature, axis=-1)
+            s_logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+            kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1) * temperature ** 2
+            out["kd"] = (jnp.sum(kl * km), jnp.sum(km.astype(jnp.float32)))
+        return out
+    sums = jax.lax.map(body, xs)
+    return {k: jnp.sum(num) / jnp.maximum(jnp.sum(den), 1.0) for k, (num, den) in sums.items()}
+
+
 def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_logits=None,
-            kd_temperature: float = 1.0) -> tuple[jax.Array, dict]:
+            kd_temperature: float = 1.0, unembed=None, kd_hidden=None, chunk: int = 0) -> tuple[jax.Array, dict]:
     """(weighted total, {term: value}) for the terms with a non-zero weight. ``kd_logits``: the
-    KD teacher's logits aligned to the student's positions [B, T, V] (needed when ``kd`` counts)."""
+    KD teacher's logits aligned to the student's positions [B, T, V] (needed when ``kd`` counts).
+    With ``chunk`` > 0 and ``unembed`` (the trunk's), LM CE and KD are computed from
+    ``out["hidden"]`` (and the teacher's ``kd_hidden``) ``chunk`` positions at a time
+    (``token_terms_chunked``) — the same values without the full logits."""
     terms = {}
     on = lambda name: float(weights.get(name, 0.0)) != 0.0
-    P, K = batch["tokens"].shape[:2]
-    block_mask = batch["block_mask"] & out["block_present"]
+    real_blocks = lambda: batch["block_mask"] & out["block_present"]
     if on("planner"):
         logp = jax.nn.log_softmax(out["planner_logits"].astype(jnp.float32), axis=-1)
         ids = batch["plan_ids"]
@@ -58,11 +93,18 @@ def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_lo
         terms["planner"] = _mean(nll, ids > 0)
     if on("notes") or on("spec"):
         teacher = batch["teacher_notes"]
-        real = block_mask & jnp.any(teacher != 0, axis=-1)
+        real = real_blocks() & jnp.any(teacher != 0, axis=-1)
         for name, key in (("notes", "notes"), ("spec", "speculative_notes")):
             if on(name):
                 terms[name] = _mean(jnp.mean((out[key] - teacher) ** 2, axis=-1), real)
-    if on("lm") or on("kd"):
+    if (on("lm") or on("kd")) and chunk > 0:
+        if on("kd") and kd_hidden is None:
+            raise ValueError("losses: the kd term needs the KD teacher's hidden states (data.kd_context > 0)")
+        nxt, mask = lm_targets(batch)
+        kd_mask = mask & (batch["kd_index"].reshape(mask.shape) >= 0) if on("kd") else mask
+        terms.update(token_terms_chunked(out["hidden"], kd_hidden, nxt, mask, kd_mask, unembed, lm=on("lm"),
+                                         kd=on("kd"), temperature=kd_temperature, chunk=chunk))
+    elif on("lm") or on("kd"):
         nxt, mask = lm_targets(batch)
         logits = out["lm_logits"].astype(jnp.float32)
         if on("lm"):
@@ -78,10 +120,10 @@ def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_lo
             has_teacher = batch["kd_index"].reshape(mask.shape) >= 0
             terms["kd"] = _mean(kl, mask & has_teacher)
     if on("coverage"):
-        m = block_mask[..., None] & batch["coverage_item_mask"][:, None, None, :]
+        m = real_blocks()[..., None] & batch["coverage_item_mask"][:, None, None, :]
         terms["coverage"] = _mean(_bce(out["coverage_logits"], batch["coverage"]), m)
     if on("readiness"):
-        terms["readiness"] = _mean(_bce(out["readiness_logits"], batch["readiness"]), block_mask)
+        terms["readiness"] = _mean(_bce(out["readiness_logits"], batch["readiness"]), real_blocks())
     if on("stream"):
         logp = jax.nn.log_softmax(out["stream_logits"].astype(jnp.float32), axis=-1)     # [P, K, K]
         terms["stream"] = -jnp.mean(jnp.diagonal(logp, axis1=1, axis2=2))

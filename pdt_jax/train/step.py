@@ -45,6 +45,7 @@ class StepStatic:
     stream_dropout: float = 0.0
     note_noise: float = 0.0
     moe_impl: str = "auto"
+    loss_chunk: int = 256                         # LM CE / KD computed this many positions at a time
 
     @property
     def weight_map(self) -> dict[str, float]:
@@ -57,9 +58,16 @@ def model_forward(static: StepStatic, params, batch, rng):
     if static.form == "teacher":
         return pdt.forward_train(trunk, side, batch, cfg=cfg, gate=static.gate, pass_a="teacher", passes=1,
                                  moe_impl=static.moe_impl)
+    b = regularisers(static, batch, rng)
     if static.form == "exact":
-        return train_forward.forward_exact(trunk, side, batch, cfg=cfg, gate=static.gate, remat=static.remat,
+        return train_forward.forward_exact(trunk, side, b, cfg=cfg, gate=static.gate, remat=static.remat,
                                            moe_impl=static.moe_impl)
+    return pdt.forward_train(trunk, side, b, cfg=cfg, gate=static.gate, passes=static.passes, moe_impl=static.moe_impl)
+
+
+def regularisers(static: StepStatic, batch, rng) -> dict:
+    """The batch with the stage's bus regularisers drawn for this micro-batch (``model.edit_bus``)."""
+    cfg = static.cfg
     P, K = batch["tokens"].shape[:2]
     b = dict(batch)
     k_mix, k_drop, k_noise = jax.random.split(rng, 3)
@@ -70,27 +78,29 @@ def model_forward(static: StepStatic, params, batch, rng):
     if static.note_noise > 0:
         U = b["teacher_notes"].shape[2] if "teacher_notes" in b else (b["tokens"].shape[-1] - 1) // cfg.sidecar.block_size + 1
         b["note_noise"] = static.note_noise * jax.random.normal(k_noise, (P, K, U, cfg.sidecar.notes_dim))
-    return pdt.forward_train(trunk, side, b, cfg=cfg, gate=static.gate, passes=static.passes, moe_impl=static.moe_impl)
+    return b
 
 
-def kd_teacher_logits(static: StepStatic, trunk, batch):
-    """The frozen trunk (no sidecar) over the KD rows, its logits gathered at the student's
-    positions: [B, T, V] (zeros where a position has no teacher)."""
+def kd_teacher_hidden(static: StepStatic, trunk, batch):
+    """The frozen trunk (no sidecar) over the KD rows, its final hidden states gathered at the
+    student's positions: [B, T, D] (the losses unembed them chunk by chunk)."""
     tok, lens = batch["kd_tokens"], batch["kd_lengths"]
     P, K, Tk = tok.shape
     hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * K, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
                                     moe_impl=static.moe_impl)
     idx = batch["kd_index"].reshape(P * K, -1)
     picked = jnp.take_along_axis(hidden, jnp.clip(idx, 0, Tk - 1)[:, :, None], axis=1)
-    return jax.lax.stop_gradient(trunk_model.unembed(trunk, picked))
+    return jax.lax.stop_gradient(picked)
 
 
 def loss_fn(trainable, params, batch, rng, static: StepStatic):
     params = state_lib.merge(params, trainable)
     out = model_forward(static, params, batch, rng)
     weights = static.weight_map
-    kd = kd_teacher_logits(static, params["trunk"], batch) if weights.get("kd", 0) else None
-    total, terms = losses.compute(out, batch, weights, kd_logits=kd, kd_temperature=static.kd_temperature)
+    kd = kd_teacher_hidden(static, params["trunk"], batch) if weights.get("kd", 0) else None
+    trunk = params["trunk"]
+    total, terms = losses.compute(out, batch, weights, kd_hidden=kd, kd_temperature=static.kd_temperature,
+                                  unembed=lambda h: trunk_model.unembed(trunk, h), chunk=static.loss_chunk)
     return total, (terms, out)
 
 

@@ -111,3 +111,25 @@ def test_lm_loss_reaches_a_siblings_note_writer_only_through_visible_notes(model
     norm = lambda g: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g)))
     assert norm(grad(side["spec_head"], jnp.int32(0))) > 1e-4
     assert norm(grad(side["spec_head"], jnp.int32(1000))) == 0.0
+
+
+def test_the_bus_regularisers_act_on_what_the_exact_form_publishes(model):
+    """Dropped producers publish nothing (windows keep snapshot 0 only); bus mixing publishes the
+    teacher's notes instead, which the siblings then read."""
+    cfg, trunk, side, _ = model
+    _, batch = runtime_rounds(model, 0)
+    P, K, T = batch["tokens"].shape
+    U = (T - 1) // cfg.sidecar.block_size + 1
+    teacher = np.random.default_rng(0).normal(size=(P, K, U, cfg.sidecar.notes_dim)).astype(np.float32)
+    base = dict(batch, teacher_notes=teacher, bus_mix=np.zeros(P, bool), producer_keep=np.ones((P, K), bool))
+    fwd = jax.jit(lambda b: train_forward.forward_exact(trunk, side, b, cfg=cfg, lag=0))
+    plain = jax.device_get(fwd(base))
+    dropped = jax.device_get(fwd(dict(base, producer_keep=np.zeros((P, K), bool))))
+    mixed = jax.device_get(fwd(dict(base, bus_mix=np.ones(P, bool))))
+    assert (plain["window_size"][..., 1:ROUNDS] > 1).all() and (dropped["window_size"][..., :ROUNDS] == 1).all()
+    assert plain["published"][..., :ROUNDS].all() and not dropped["published"].any()
+    # Round 0 reads no note either way; from round 1 the mixed bus carries the teacher's notes.
+    np.testing.assert_array_equal(mixed["lm_logits"][:, :int(batch["target_start"].min())],
+                                  plain["lm_logits"][:, :int(batch["target_start"].min())])
+    assert np.abs(mixed["readiness_logits"][..., 1:ROUNDS] - plain["readiness_logits"][..., 1:ROUNDS]).max() > 1e-3
+    np.testing.assert_allclose(mixed["readiness_logits"][..., 0], plain["readiness_logits"][..., 0], atol=1e-6)

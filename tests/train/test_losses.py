@@ -2,6 +2,8 @@
 the student token for token, LM CE scores the next token on supervised positions only, KD is the
 tempered KL there, null planner slots and hint-provenance coverage items never count, and the
 block labels reach the batch."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -89,3 +91,32 @@ def test_each_term_is_the_hand_computed_one():
     # A zero weight means the term is not computed at all.
     _, only = losses.compute(out, batch, {"lm": 1.0})
     assert set(only) == {"lm"}
+
+
+def test_chunked_token_terms_equal_the_full_logits():
+    """LM CE and KD from hidden states, a few positions at a time (what the train step runs, so
+    201k-wide logits are never whole), equal the terms over the full logits — values and gradients."""
+    rng = np.random.default_rng(1)
+    P, K, T, D, V = 1, 3, 13, 6, 17
+    W = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+    unembed = lambda h: jnp.einsum("btd,dv->btv", h, W)
+    hidden = jnp.asarray(rng.normal(size=(P * K, T, D)), jnp.float32)
+    kd_hidden = jnp.asarray(rng.normal(size=(P * K, T, D)), jnp.float32)
+    label = np.zeros((P, K, T), bool)
+    label[..., 5:] = True
+    batch = {"tokens": rng.integers(0, V, (P, K, T)).astype(np.int32), "label_mask": label,
+             "kd_index": np.where(np.roll(label, -1, axis=-1), np.arange(T), -1).astype(np.int32)}
+    w = {"lm": 1.0, "kd": 0.5}
+
+    def full(h):
+        return losses.compute({"lm_logits": unembed(h)}, batch, w, kd_logits=unembed(kd_hidden), kd_temperature=2.0)
+
+    def chunked(h):
+        return losses.compute({"hidden": h}, batch, w, kd_hidden=kd_hidden, kd_temperature=2.0, unembed=unembed,
+                              chunk=4)
+    (a, ta), ga = jax.value_and_grad(full, has_aux=True)(hidden)
+    (b, tb), gb = jax.value_and_grad(chunked, has_aux=True)(hidden)
+    assert set(ta) == set(tb) == {"lm", "kd"}
+    for k in ta:
+        assert float(ta[k]) == pytest.approx(float(tb[k]), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-6)
