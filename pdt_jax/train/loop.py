@@ -346,7 +346,10 @@ def _train(config, cfg, mesh, st, tr, state, steps, ckpt, it, meta, tb, history,
             scalars = {k: float(v) for k, v in m.items() if k not in ("finite", "first_bad")}
             scalars.update({"perf/step_time_s": dt, "perf/tokens_per_s": tokens_s, "skipped": float(state.skipped)})
             if flops:
-                scalars["perf/mfu"] = flops / dt / peak_flops(mesh)
+                scalars["perf/flops_per_s"] = flops / dt
+                peak = peak_flops(mesh)
+                if peak:   # only where the devices' peak is known: no invented denominators
+                    scalars["perf/mfu"] = flops / dt / peak
             tb.scalars(step, scalars)
             progress.update(step, float(m["loss"]), tokens_s)
         if step % int(tr.checkpoint_every) == 0 and step < int(tr.steps):
@@ -393,11 +396,12 @@ def step_flops(steps, state, batch) -> float | None:
         return None
 
 
-def peak_flops(mesh) -> float:
-    """Dense bf16 peak of the mesh (H100/H200: 989 TFLOP/s per device; others: a CPU-ish 1 TFLOP/s)."""
+def peak_flops(mesh) -> float | None:
+    """Dense bf16 peak of the mesh's devices (H100/H200: 989 TFLOP/s, B200: 2.25 PFLOP/s); None for
+    devices whose peak we do not know (CPUs): no MFU is reported then."""
     kind = mesh.devices.flat[0].device_kind.lower()
-    per = 989e12 if ("h100" in kind or "h200" in kind) else 2.25e15 if "b200" in kind else 1e12
-    return per * mesh.devices.size
+    per = 989e12 if ("h100" in kind or "h200" in kind) else 2.25e15 if "b200" in kind else None
+    return None if per is None else per * mesh.devices.size
 
 
 def evaluate(steps, state, config, spec, feat, export, tb, step, tokenizer):

@@ -121,7 +121,7 @@ def test_tensorboard_and_telemetry_files_are_complete(run):
     tmp, config, results, _ = run
     last = Path(results[-1]["workdir"])
     logged = scalars(last)
-    expected = {"loss", "lr", "grad_norm", "perf/step_time_s", "perf/tokens_per_s", "perf/mfu",
+    expected = {"loss", "lr", "grad_norm", "perf/step_time_s", "perf/tokens_per_s", "perf/flops_per_s",
                 "validation/readiness/roc_auc", "validation/coverage/precision", "validation/coverage/recall",
                 "validation/coverage/f1", "validation/loss", "gates/snc_0", "gates/adapter_1"}
     expected |= {f"loss/{t}" for t in TERMS if float(config.stages.stage3.losses[t]) > 0}
