@@ -9,6 +9,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# One persistent compilation cache for the session's workers and the subprocesses they start: the
+# same tiny programs (runtime rounds, train steps) are compiled by several test files. Keys are the
+# programs' HLO and flags, so a stale entry can never be used for a changed program.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"pdt-jax-xla-cache-{os.getuid()}")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
