@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from converters.torch_interop import load_torch, save_torch
+from converters.torch_interop import load_torch, save_state_dict
 from pdt_jax.sidecar.checkpoint import read_sidecar_config, save_sidecar
 from pdt_jax.sidecar.config import SidecarConfig
 from pdt_jax.sidecar.params import sidecar_specs
@@ -62,15 +62,7 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
         raise CheckpointError(f"{path}: not found (expected a PDT checkpoint directory or sidecar.safetensors)")
     read_sidecar_config(path)   # refuses anything that is not a PDT sidecar file
     meta = _metadata(path)
-    flat = load_file(path)
-    nested: dict = {}
-    for name, array in flat.items():
-        node = nested
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = array
-    save_torch(nested, out)
+    save_state_dict(load_file(path), out)   # the safetensors names are already torch's dotted names
     tmp = out + ".json.tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
