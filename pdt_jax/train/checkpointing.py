@@ -88,17 +88,6 @@ class Checkpoints:
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore_params(self, step: int, like_params: dict, shardings: dict) -> dict:
-        """Only the parameters of ``step`` (a later stage's ``init_from``)."""
-        payload = {"sidecar": like_params["sidecar"]}
-        sh = {"sidecar": shardings["sidecar"]}
-        if self.save_trunk:
-            payload["trunk"], sh["trunk"] = like_params["trunk"], shardings["trunk"]
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), payload, sh)
-        got = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True)))
-        return dict(like_params, **got["state"]["params"])
-
     def wait(self):
         self.manager.wait_until_finished()
 
