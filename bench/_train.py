@@ -8,12 +8,7 @@ import numpy as np
 def stage_static(stage_cfg, cfg, chosen, moe_impl="auto"):
     from pdt_jax.train import step as step_lib
 
-    st = stage_cfg
-    return step_lib.StepStatic(
-        cfg=cfg, chosen=tuple(chosen), weights=tuple(sorted((k, float(v)) for k, v in st.losses.items())),
-        form=st.forward.form, passes=int(st.forward.passes), remat=bool(st.forward.remat), gate=float(st.gate),
-        kd_temperature=float(st.kd_temperature), bus_mix=float(st.bus_mix), stream_dropout=float(st.stream_dropout),
-        note_noise=float(st.note_noise), moe_impl=moe_impl)
+    return step_lib.StepStatic.from_stage(stage_cfg, cfg, chosen, moe_impl)
 
 
 def batch_shapes(cfg, P: int, T: int, accum: int, kd_context: int) -> dict:

@@ -58,7 +58,9 @@ def stage_block(index: int) -> ConfigDict:
         index=index, name=NAMES[index], trainable=trainable, losses=losses,
         # teacher: one pass reading the teacher's notes; passes: n whole-sequence passes, pass i reading
         # pass i − 1's notes; exact: block-recurrent, equal to the runtime (pdt_jax/train/forward.py).
-        forward=ConfigDict(dict(form=form, passes=2, remat=False)),
+        # remat: recompute each trunk layer (exact form: each round) in the backward pass;
+        # q_chunk: trunk attention this many queries at a time (0: all) — memory, same values.
+        forward=ConfigDict(dict(form=form, passes=2, remat=False, q_chunk=0)),
         gate=1.0, kd_temperature=1.0, bus_mix=bus_mix, stream_dropout=dropout, note_noise=0.0,
         # Where the parameters start: 'fresh' (a new sidecar), or a directory — a previous stage's
         # workdir (its final checkpoint) or an exported PDT checkpoint (sidecar.safetensors). Stages
@@ -120,6 +122,11 @@ def get_config(index: int, arg: str | None = None) -> ConfigDict:
         c.train.update(dict(steps=40, batch_size=2, grad_accum=1, lr=3e-3, warmup_steps=4, log_every=5,
                             eval_every=20, eval_batches=2, checkpoint_every=10, keep_checkpoints=2))
     c.stage = variant_stage(c.stage, variant)
+    if c.variant == "20b":
+        # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
+        # the backward pass, attention 512 queries at a time (bench/memory_plan.py measures both).
+        c.stage.forward.remat = True
+        c.stage.forward.q_chunk = 512
     return c
 
 

@@ -156,7 +156,8 @@ def edit_bus(notes_PxKxUxN, present_PxKxU, batch: Mapping[str, Any], teacher=Non
 
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
                   gate: float = 1.0, stop_grad_notes: bool = False, pass_a: str = "snapshot0",
-                  visible_producers: jax.Array | None = None, moe_impl: str = "auto", passes: int = 2) -> dict:
+                  visible_producers: jax.Array | None = None, moe_impl: str = "auto", passes: int = 2,
+                  remat: bool = False, q_chunk: int | None = None) -> dict:
     """Teacher-forced PDT over P examples × K streams.
 
     batch: tokens [P, K, T] int32 (prompt + stream target, right-padded), lengths [P, K],
@@ -184,9 +185,10 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
 
     def run(window, mask_BxTxW):
         notes_BxWxN, entries_BxW = window
-        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B)
+        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B,
+                          q_chunk=q_chunk)
         hidden, _ = trunk_model.prefill(trunk_params, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
-                                        moe_impl=moe_impl)
+                                        moe_impl=moe_impl, remat=remat, q_chunk=q_chunk)
         return hidden
 
     snapshot0 = batch.get("snapshot0")

@@ -27,6 +27,8 @@ class HookContext:
     # Optional: per instrumented layer, SNC's (keys, values) of ``notes`` (``with_snc_kv``). A decoder
     # that reads one window for several tokens projects it once instead of once per token.
     snc_kv: Any = None
+    # Training's memory knob: SNC over this many query positions at a time (None: all).
+    q_chunk: int | None = flax.struct.field(pytree_node=False, default=None)
 
     def with_snc_kv(self, hooks: "SidecarHooks") -> "HookContext":
         entry = self.params["entry_embed"][self.entries]
@@ -50,7 +52,7 @@ class SidecarHooks:
         if ctx.snc_kv is not None:
             delta = snc_attend(lp["snc"], h, *ctx.snc_kv[j], ctx.mask)
         else:
-            delta = snc(lp["snc"], h, ctx.notes, ctx.mask, ctx.params["entry_embed"][ctx.entries])
+            delta = snc(lp["snc"], h, ctx.notes, ctx.mask, ctx.params["entry_embed"][ctx.entries], q_chunk=ctx.q_chunk)
         scale = ctx.gate[:, None, None] * jax.nn.sigmoid(lp["snc_gate"])
         return h + (scale * delta).astype(h.dtype)
 

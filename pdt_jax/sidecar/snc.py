@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pdt_jax.trunk.attention import over_query_chunks
+
 
 def rms(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     x = x.astype(jnp.float32)
@@ -17,13 +19,17 @@ def rms(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 def snc(p: dict, h_BxTxD: jax.Array, notes_BxWxN: jax.Array, mask_BxTxW: jax.Array,
-        entry_embed_BxWxN: jax.Array) -> jax.Array:
+        entry_embed_BxWxN: jax.Array, q_chunk: int | None = None) -> jax.Array:
     """Returns the float32 residual delta [B, T, D]. ``mask`` may be [B, 1, W] (one window per row).
     ``entry_embed`` tells the reader who wrote each note (a learned embedding per producer stream,
     and one for snapshot 0): without it SNC would be blind to authorship, and swapping two
     producers' notes (``--cf-swap``) could never matter."""
     k, v = snc_keys_values(p, notes_BxWxN, entry_embed_BxWxN)
-    return snc_attend(p, h_BxTxD, k, v, mask_BxTxW)
+    T = h_BxTxD.shape[1]
+    if q_chunk is None or q_chunk >= T or mask_BxTxW.shape[1] != T:
+        return snc_attend(p, h_BxTxD, k, v, mask_BxTxW)
+    # Training: [B, Hs, q_chunk, W] scores at a time, recomputed in the backward pass.
+    return over_query_chunks(lambda h, m: snc_attend(p, h, k, v, m), q_chunk, h_BxTxD, mask_BxTxW)
 
 
 def snc_keys_values(p: dict, notes_BxWxN: jax.Array, entry_embed_BxWxN: jax.Array):

@@ -34,14 +34,14 @@ FORMS = ("exact", "passes")
 
 def forward(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: pdt.PDTConfig,
             form: str = "exact", passes: int = 2, gate: float = 1.0, stop_grad_notes: bool = False,
-            remat: bool = False, moe_impl: str = "auto") -> dict:
+            remat: bool = False, moe_impl: str = "auto", q_chunk: int | None = None) -> dict:
     """The training forward of ``form`` ('exact' or 'passes', with ``passes`` passes)."""
     if form == "exact":
         return forward_exact(trunk_params, sidecar_params, batch, cfg=cfg, gate=gate,
                              stop_grad_notes=stop_grad_notes, remat=remat, moe_impl=moe_impl)
     if form == "passes":
         return pdt.forward_train(trunk_params, sidecar_params, batch, cfg=cfg, gate=gate, passes=passes,
-                                 stop_grad_notes=stop_grad_notes, moe_impl=moe_impl)
+                                 stop_grad_notes=stop_grad_notes, moe_impl=moe_impl, remat=remat, q_chunk=q_chunk)
     raise ValueError(f"train.forward.form: expected one of {FORMS}, found {form!r}")
 
 

@@ -258,11 +258,7 @@ def run_stage(config: ConfigDict, workdir: str | Path, log=sys.stderr, stop_afte
     trains_trunk = any(p.startswith("trunk/") for p in chosen)
     tx, sched = state_lib.optimizer(tr)
     state = state_lib.create(params, chosen, tx, int(tr.seed))
-    static = step_lib.StepStatic(
-        cfg=cfg, chosen=chosen, weights=tuple(sorted((k, float(v)) for k, v in st.losses.items())),
-        form=st.forward.form, passes=int(st.forward.passes), remat=bool(st.forward.remat), gate=float(st.gate),
-        kd_temperature=float(st.kd_temperature), bus_mix=float(st.bus_mix), stream_dropout=float(st.stream_dropout),
-        note_noise=float(st.note_noise), moe_impl=cfg.moe_impl(mesh))
+    static = step_lib.StepStatic.from_stage(st, cfg, chosen, cfg.moe_impl(mesh))
     steps = step_lib.Steps(static, tx, sched, jax.eval_shape(lambda: state), mesh, cfg.rules)
     state = jax.device_put(state, steps.state_sharding)
 

@@ -46,6 +46,16 @@ class StepStatic:
     note_noise: float = 0.0
     moe_impl: str = "auto"
     loss_chunk: int = 256                         # LM CE / KD computed this many positions at a time
+    q_chunk: int = 0                              # trunk attention this many queries at a time (0: all)
+
+    @classmethod
+    def from_stage(cls, stage, cfg: pdt.PDTConfig, chosen, moe_impl: str = "auto") -> "StepStatic":
+        """The static part of a stage's step from its config block (configs/stages.py)."""
+        f = stage.forward
+        return cls(cfg=cfg, chosen=tuple(chosen), weights=tuple(sorted((k, float(v)) for k, v in stage.losses.items())),
+                   form=f.form, passes=int(f.passes), remat=bool(f.remat), q_chunk=int(f.q_chunk),
+                   gate=float(stage.gate), kd_temperature=float(stage.kd_temperature), bus_mix=float(stage.bus_mix),
+                   stream_dropout=float(stage.stream_dropout), note_noise=float(stage.note_noise), moe_impl=moe_impl)
 
     @property
     def weight_map(self) -> dict[str, float]:
@@ -55,14 +65,16 @@ class StepStatic:
 def model_forward(static: StepStatic, params, batch, rng):
     """The stage's forward over one micro-batch (``batch`` leaves [P, ...])."""
     cfg, side, trunk = static.cfg, params["sidecar"], params["trunk"]
+    memory = dict(remat=static.remat, q_chunk=static.q_chunk or None)
     if static.form == "teacher":
         return pdt.forward_train(trunk, side, batch, cfg=cfg, gate=static.gate, pass_a="teacher", passes=1,
-                                 moe_impl=static.moe_impl)
+                                 moe_impl=static.moe_impl, **memory)
     b = regularisers(static, batch, rng)
     if static.form == "exact":
         return train_forward.forward_exact(trunk, side, b, cfg=cfg, gate=static.gate, remat=static.remat,
                                            moe_impl=static.moe_impl)
-    return pdt.forward_train(trunk, side, b, cfg=cfg, gate=static.gate, passes=static.passes, moe_impl=static.moe_impl)
+    return pdt.forward_train(trunk, side, b, cfg=cfg, gate=static.gate, passes=static.passes, moe_impl=static.moe_impl,
+                             **memory)
 
 
 def regularisers(static: StepStatic, batch, rng) -> dict:
@@ -87,7 +99,7 @@ def kd_teacher_hidden(static: StepStatic, trunk, batch):
     tok, lens = batch["kd_tokens"], batch["kd_lengths"]
     P, K, Tk = tok.shape
     hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * K, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
-                                    moe_impl=static.moe_impl)
+                                    moe_impl=static.moe_impl, q_chunk=static.q_chunk or None)
     idx = batch["kd_index"].reshape(P * K, -1)
     picked = jnp.take_along_axis(hidden, jnp.clip(idx, 0, Tk - 1)[:, :, None], axis=1)
     return jax.lax.stop_gradient(picked)

@@ -7,17 +7,24 @@ exp never overflows. This XLA dot-product path is the reference everywhere (ARCH
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30  # finite: a fully masked row (a padding query) must not produce NaN
 
 
 def attend(q_BxTxHxD: jnp.ndarray, k_BxKxSxD: jnp.ndarray, v_BxKxSxD: jnp.ndarray,
-           mask_BxTxS: jnp.ndarray, sinks_H: jnp.ndarray, scale: float) -> jnp.ndarray:
+           mask_BxTxS: jnp.ndarray, sinks_H: jnp.ndarray, scale: float, q_chunk: int | None = None) -> jnp.ndarray:
     """Returns [B, T, H, D] in q's dtype. Query head h reads KV head h // (H // K) (as HF repeat_kv).
 
     Keys and values are [B, K, S, D] — batch and KV-head major, the layout the KV cache keeps — so
-    both dots are plain batched matmuls and XLA never transposes the cache."""
+    both dots are plain batched matmuls and XLA never transposes the cache. With ``q_chunk`` < T
+    the queries go ``q_chunk`` at a time (a scan whose steps are recomputed in the backward pass):
+    the float32 scores are [B, H, q_chunk, S] instead of [B, H, T, S], same values."""
+    T = q_BxTxHxD.shape[1]
+    if q_chunk is not None and q_chunk < T:
+        return over_query_chunks(lambda q, m: attend(q, k_BxKxSxD, v_BxKxSxD, m, sinks_H, scale), q_chunk,
+                                 q_BxTxHxD, mask_BxTxS)
     B, T, H, D = q_BxTxHxD.shape
     K = k_BxKxSxD.shape[1]
     G = H // K
@@ -33,6 +40,23 @@ def attend(q_BxTxHxD: jnp.ndarray, k_BxKxSxD: jnp.ndarray, v_BxKxSxD: jnp.ndarra
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v_BxKxSxD, preferred_element_type=jnp.float32)
     out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4)
     return out.reshape(B, T, H, D).astype(q_BxTxHxD.dtype)
+
+
+def over_query_chunks(f, chunk: int, *xs_BxT):
+    """``f(*xs)`` for a function that treats each query position (axis 1 of every ``xs``, e.g.
+    queries and their mask rows) independently, computed ``chunk`` positions at a time: a scan
+    whose steps are recomputed in the backward pass, so only one chunk's intermediates (attention
+    scores) are live. Positions are padded to a multiple of ``chunk``; the padding is dropped."""
+    T = xs_BxT[0].shape[1]
+    n = -(-T // chunk)
+    pad = n * chunk - T
+
+    def split(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
+    _, out = jax.lax.scan(jax.checkpoint(lambda _, xs: (None, f(*xs))), None, tuple(split(x) for x in xs_BxT))
+    out = jnp.moveaxis(out, 0, 1)
+    return out.reshape(out.shape[0], n * chunk, *out.shape[3:])[:, :T]
 
 
 def causal_mask(q_pos_BxT: jnp.ndarray, k_pos_BxS: jnp.ndarray, k_valid_BxS: jnp.ndarray,

@@ -17,6 +17,7 @@ Two entry points share the layer code:
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import jax
@@ -75,8 +76,11 @@ def unembed(params: dict, hidden_BxTxD: jax.Array) -> jax.Array:
 
 def prefill(params: dict, tokens_BxT: jax.Array, lengths_B: jax.Array, *, cfg: TrunkConfig,
             max_len: int | None = None, slack: int = 64, hooks: LayerHooks | None = None,
-            ctx: Any = None, moe_impl: str = "auto"):
-    """Returns (hidden [B, T, D] after the final norm, KVCache or None when max_len is None)."""
+            ctx: Any = None, moe_impl: str = "auto", remat: bool = False, q_chunk: int | None = None):
+    """Returns (hidden [B, T, D] after the final norm, KVCache or None when max_len is None).
+
+    Training's memory knobs (same values): ``remat`` recomputes each layer in the backward pass
+    from its input; ``q_chunk`` computes attention that many queries at a time."""
     B, T = tokens_BxT.shape
     pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cos, sin = rope.cos_sin(cfg, pos)
@@ -86,16 +90,24 @@ def prefill(params: dict, tokens_BxT: jax.Array, lengths_B: jax.Array, *, cfg: T
         raise ValueError(f"prefill: {T} tokens do not fit a cache of max_len={max_len}")
     h = embed(params, tokens_BxT)
     ks, vs = [], []
-    for i, lp in enumerate(params["layers"]):
+
+    def layer(i, h, lp, ctx):
         x = rms_norm(h, lp["attn_norm"], cfg.rms_norm_eps)
         q, k, v = _qkv(lp, x, cos, sin)
         mask = attention.causal_mask(pos, pos, valid, _window(cfg, i))
-        h = h + _out(lp, attention.attend(q, k, v, mask, lp["sinks"], cfg.head_dim ** -0.5))
+        h = h + _out(lp, attention.attend(q, k, v, mask, lp["sinks"], cfg.head_dim ** -0.5, q_chunk=q_chunk))
         if hooks is not None:
             h = hooks.after_attention(i, h, ctx)
         h = h + _mlp(lp, h, cfg, moe_impl)
         if hooks is not None:
             h = hooks.after_mlp(i, h, ctx)
+        return h, k, v
+
+    for i, lp in enumerate(params["layers"]):
+        body = functools.partial(layer, i)
+        if remat:   # the backward pass keeps each layer's input and recomputes the rest
+            body = jax.checkpoint(body)
+        h, k, v = body(h, lp, ctx)
         if rings is not None:
             ks.append(kv.fill_from_sequence(k, lengths_B, rings[i]))
             vs.append(kv.fill_from_sequence(v, lengths_B, rings[i]))

@@ -19,7 +19,7 @@ def test_logits_match_transformers(name, tmp_path):
     np.testing.assert_array_less(np.abs(ours - ref).max(), 1e-4)
 
 
-@pytest.mark.parametrize("impl", ["gather", "dense", "ragged"])
+@pytest.mark.parametrize("impl", ["gather", "dense", "blocked", "ragged"])
 def test_moe_implementations_agree(impl, tmp_path):
     model = build_hf_model("gqa2_top3_e5", seed=3)
     trunk = Trunk.from_pretrained(save_hf(model, tmp_path / "m"), moe_impl=impl)
