@@ -35,6 +35,8 @@ H100_BYTES = 80e9
 
 
 def _fake_devices(n: int) -> None:
+    if n == 0:   # the backend's own devices (a GPU): XLA's real plan for that device
+        return
     flag = f"--xla_force_host_platform_device_count={n}"
     if "jax" in sys.modules:
         raise RuntimeError("bench/memory_plan.py sets the fake device count before jax is imported")
@@ -163,14 +165,58 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
             f"{name}_rows": P * cfg.K, f"{name}_accum": A, f"{name}_seq": T, f"{name}_kd": bool(kd),
             f"{name}_form": st.forward.form, f"{name}_remat": bool(st.forward.remat),
             f"{name}_mesh": {k: int(v) for k, v in mesh.shape.items()}, f"{name}_dtype": cfg.trunk.dtype,
-            f"{name}_compile_s": compile_s}
+            f"{name}_layers": cfg.trunk.num_layers, f"{name}_devices": len(jax.devices()),
+            f"{name}_platform": jax.devices()[0].platform, f"{name}_compile_s": compile_s,
+            f"{name}_fsdp_gather_bytes": 2 * max_layer_bytes(params["trunk"])}
+
+
+def max_layer_bytes(trunk) -> int:
+    """Unsharded bytes of the largest trunk layer: what FSDP gathers at a time."""
+    import jax
+    return max(sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(lp)) for lp in trunk["layers"])
+
+
+def gpu_share_estimates(r: dict, paths) -> dict:
+    """Per-device bytes of each stage on the GPU mesh: this (fake-device) plan's sharded parameters
+    and optimizer state + the temporaries XLA:GPU planned for one device's share of the step (a
+    ``--devices=0 --train-examples=1`` run on one GPU, same layers, rows per device and sequence) +
+    two layers of gathered FSDP weights (the layer in use and the next one, prefetched).
+    XLA:CPU keeps every layer's intermediates even under remat (bench/remat_probe.py), so its
+    temporaries overstate a rematerialised step; XLA:GPU's do not."""
+    out = {}
+    shares = []
+    for path in paths:
+        with open(path) as f:
+            shares.append((path, json.load(f)))
+    for s in range(5):
+        n = f"stage{s}"
+        if f"per_device_bytes_{n}" not in r:
+            continue
+        for path, g in shares:
+            if f"{n}_temp_bytes" not in g:
+                continue
+            layers = g.get(f"{n}_layers") or next((int(o.split("=")[1]) for o in g.get("overrides", [])
+                                                  if o.startswith("--config.trunk.num_layers=")), None)
+            rows_here = r[f"{n}_rows"] // max(r["devices"], 1)
+            same = (layers == r[f"{n}_layers"] and g[f"{n}_seq"] == r[f"{n}_seq"] and g[f"{n}_rows"] == rows_here
+                    and g.get("devices", 1) == 1)
+            if not same:
+                continue
+            state = r[f"{n}_trunk_bytes"] + r[f"{n}_sidecar_bytes"] + r[f"{n}_optimizer_bytes"]
+            out[f"{n}_gpu_temp_bytes"] = int(g[f"{n}_temp_bytes"])
+            out[f"{n}_gpu_share_file"] = os.path.relpath(path, ROOT)
+            out[f"per_device_bytes_{n}_gpu_estimate"] = state + int(g[f"{n}_temp_bytes"]) + r[f"{n}_fsdp_gather_bytes"]
+            break
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/model/pdt.py",
                     help="model config; its fields can be overridden: --config.trunk.num_layers=2")
-    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--devices", type=int, default=8,
+                    help="fake CPU devices; 0: the backend's own devices (on one GPU with --train-examples=1: "
+                         "one device's share of the 8-GPU plan, as XLA:GPU compiles it)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--context", type=int, default=8192, help="KV-cache length (tokens per row)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
@@ -179,6 +225,9 @@ def main(argv=None):
     ap.add_argument("--train-seq", type=int, default=2048)
     ap.add_argument("--train-examples", type=int, default=None, help="examples per micro-batch (default: the stage's)")
     ap.add_argument("--train-accum", type=int, default=None)
+    ap.add_argument("--gpu-share", nargs="*", default=[],
+                    help="JSON files of `--devices=0 --train-examples=1` runs on one GPU: each stage's per-device "
+                         "estimate on the GPU mesh uses their temporaries (see gpu_share_estimates)")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
     _fake_devices(args.devices)
@@ -204,7 +253,16 @@ def main(argv=None):
         for label, key in (("trunk", "trunk_bytes"), ("sidecar", "sidecar_bytes"), ("optimizer", "optimizer_bytes"),
                            ("temporaries", "temp_bytes")):
             print(f"  {label:<28}{t[p + '_' + key] / GB:>10.2f} GB")
-        print(f"  {p.upper() + ' per device':<28}{t['per_device_bytes_' + p] / GB:>10.2f} GB", flush=True)
+        print(f"  {p.upper() + ' per device':<28}{t['per_device_bytes_' + p] / GB:>10.2f} GB   (XLA:{t[p + '_platform'].upper()}'s "
+              f"temporaries)", flush=True)
+        est = gpu_share_estimates(r, args.gpu_share)
+        r.update(est)
+        if f"per_device_bytes_{p}_gpu_estimate" in est:
+            print(f"  {'XLA:GPU temporaries, 1 share':<28}{est[p + '_gpu_temp_bytes'] / GB:>10.2f} GB   "
+                  f"({est[p + '_gpu_share_file']})")
+            print(f"  {'FSDP gather (2 layers)':<28}{t[p + '_fsdp_gather_bytes'] / GB:>10.2f} GB")
+            print(f"  {p.upper() + ' per GPU, estimate':<28}{est['per_device_bytes_' + p + '_gpu_estimate'] / GB:>10.2f} GB"
+                  f"   (target <= 80 GB)", flush=True)
         if args.json:   # after every plan: a long run keeps what it measured
             with open(args.json, "w") as f:
                 json.dump(r, f, indent=1)
