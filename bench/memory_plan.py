@@ -164,6 +164,7 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
             f"{name}_trainable_params": int(sum(x.size for x in state_lib.select(params, chosen).values())),
             f"{name}_rows": P * cfg.K, f"{name}_accum": A, f"{name}_seq": T, f"{name}_kd": bool(kd),
             f"{name}_form": st.forward.form, f"{name}_remat": bool(st.forward.remat),
+            f"{name}_q_chunk": int(st.forward.q_chunk),
             f"{name}_mesh": {k: int(v) for k, v in mesh.shape.items()}, f"{name}_dtype": cfg.trunk.dtype,
             f"{name}_layers": cfg.trunk.num_layers, f"{name}_devices": len(jax.devices()),
             f"{name}_platform": jax.devices()[0].platform, f"{name}_compile_s": compile_s,
@@ -198,8 +199,12 @@ def gpu_share_estimates(r: dict, paths) -> dict:
             layers = g.get(f"{n}_layers") or next((int(o.split("=")[1]) for o in g.get("overrides", [])
                                                   if o.startswith("--config.trunk.num_layers=")), None)
             rows_here = r[f"{n}_rows"] // max(r["devices"], 1)
+            # Fields older share files lack are not compared (the session-7 H200 files predate
+            # _platform/_layers/_q_chunk; they ran remat and q_chunk 512 on trunk attention only).
             same = (layers == r[f"{n}_layers"] and g[f"{n}_seq"] == r[f"{n}_seq"] and g[f"{n}_rows"] == rows_here
-                    and g.get("devices", 1) == 1)
+                    and g.get("devices", 1) == 1 and g.get(f"{n}_platform", "gpu") != "cpu"
+                    and all(g[f"{n}_{k}"] == r[f"{n}_{k}"] for k in ("form", "kd", "dtype", "remat", "q_chunk")
+                            if f"{n}_{k}" in g))
             if not same:
                 continue
             state = r[f"{n}_trunk_bytes"] + r[f"{n}_sidecar_bytes"] + r[f"{n}_optimizer_bytes"]

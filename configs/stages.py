@@ -122,11 +122,6 @@ def get_config(index: int, arg: str | None = None) -> ConfigDict:
         c.train.update(dict(steps=40, batch_size=2, grad_accum=1, lr=3e-3, warmup_steps=4, log_every=5,
                             eval_every=20, eval_batches=2, checkpoint_every=10, keep_checkpoints=2))
     c.stage = variant_stage(c.stage, variant)
-    if c.variant == "20b":
-        # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
-        # the backward pass, attention 512 queries at a time (bench/memory_plan.py measures both).
-        c.stage.forward.remat = True
-        c.stage.forward.q_chunk = 512
     return c
 
 
@@ -147,4 +142,9 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
         stage.losses.kd = 0.0
         if stage.index > 0:
             stage.init_from = "fresh"
+    if variant in ("", "20b"):
+        # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
+        # the backward pass, attention and SNC 512 queries at a time (bench/memory_plan.py).
+        stage.forward.remat = True
+        stage.forward.q_chunk = 512
     return stage

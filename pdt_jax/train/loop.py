@@ -67,6 +67,9 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
     form = st.forward.form
     if form not in step_lib.FORMS:
         raise ConfigError(f"stage.forward.form: expected one of {step_lib.FORMS}, found {form!r}")
+    if int(st.forward.get("q_chunk", 0)) < 0:
+        raise ConfigError(f"stage.forward.q_chunk: expected 0 (whole sequence) or a positive chunk, found "
+                          f"{st.forward.q_chunk}")
     if form == "passes" and int(st.forward.passes) < 2:
         raise ConfigError(f"stage.forward.passes: the passes form needs >= 2 passes, found {st.forward.passes}")
     for field in ("bus_mix", "stream_dropout"):
@@ -118,6 +121,8 @@ def config_digest(config: ConfigDict) -> str:
     d = config.to_dict()
     for k in ("steps", "log_every", "eval_every", "checkpoint_every", "progress", "eval_batches", "text_samples"):
         d["train"].pop(k, None)
+    for k in ("remat", "q_chunk"):   # memory only: a resume may change them (e.g. after running out of memory)
+        d.get("stage", {}).get("forward", {}).pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ def attend(q_BxTxHxD: jnp.ndarray, k_BxKxSxD: jnp.ndarray, v_BxKxSxD: jnp.ndarra
     the queries go ``q_chunk`` at a time (a scan whose steps are recomputed in the backward pass):
     the float32 scores are [B, H, q_chunk, S] instead of [B, H, T, S], same values."""
     T = q_BxTxHxD.shape[1]
-    if q_chunk is not None and q_chunk < T:
+    if q_chunk is not None and q_chunk < T and mask_BxTxS.shape[1] == T:
         return over_query_chunks(lambda q, m: attend(q, k_BxKxSxD, v_BxKxSxD, m, sinks_H, scale), q_chunk,
                                  q_BxTxHxD, mask_BxTxS)
     B, T, H, D = q_BxTxHxD.shape

@@ -275,6 +275,7 @@ def test_sharded_steps_on_eight_devices_equal_one_device(run):
     (["--config.stage.init_from=/no/such/dir"], "stage.init_from"),
     (["--config.model.sidecar.plan_vocab_size=2048"], "plan hashing"),
     (["--config.stage.forward.form=teacher", "--config.stage.bus_mix=0.5"], "stage.bus_mix"),
+    (["--config.stage.forward.q_chunk=-1"], "stage.forward.q_chunk"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(run, extra, message, tmp_path):
     tmp = run[0]
@@ -292,3 +293,17 @@ def test_unknown_fields_and_a_missing_init_from_are_refused():
     config = config_files.load("configs/stage2.py")   # production: stage 2 must name its start
     with pytest.raises(ConfigError, match="stage.init_from"):
         loop.check(config, num_devices=8)
+
+
+def test_the_20b_stages_run_remat_and_query_chunks_alone_or_in_the_curriculum():
+    """The memory settings the plan measured are the ones the production configs train with, and a
+    resume may change them (they change memory, not values)."""
+    from configs import curriculum, stages
+    blocks = [stages.get_config(i).stage for i in range(5)] + list(curriculum.get_config().stages.values())
+    assert all(b.forward.remat and b.forward.q_chunk == 512 for b in blocks)
+    tiny = config_files.load("configs/stage2.py:tiny")
+    changed = config_files.load("configs/stage2.py:tiny", ["--config.stage.forward.q_chunk=64",
+                                                            "--config.stage.forward.remat=True"])
+    assert loop.config_digest(changed) == loop.config_digest(tiny)
+    assert loop.config_digest(config_files.load("configs/stage2.py:tiny", ["--config.stage.gate=0.5"])) \
+        != loop.config_digest(tiny)
