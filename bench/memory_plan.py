@@ -147,7 +147,7 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
     chosen = state_lib.trainable_paths(params, tuple(st.trainable))
     tx, sched = state_lib.optimizer(tr)
     abstract = jax.eval_shape(lambda p: state_lib.create(p, chosen, tx, 0), params)
-    static = stage_static(st, cfg, chosen, cfg.moe_impl(mesh))
+    static = stage_static(st, cfg, chosen, cfg.train_moe_impl(mesh))
     steps = step_lib.Steps(static, tx, sched, abstract, mesh, cfg.rules)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
     batch = abstract_batch(cfg, P, T, A, kd)

@@ -53,7 +53,7 @@ def main(argv=None):
     tx, sched = state_lib.optimizer(tr)
     runs, compile_s = {}, {}
     for name, paths in sets.items():
-        static = stage_static(st, cfg, paths, cfg.moe_impl(mesh))
+        static = stage_static(st, cfg, paths, cfg.train_moe_impl(mesh))
         own = jax.tree.map(lambda x: x.copy(), params)   # the step donates its state: no sharing
         state = state_lib.create(own, paths, tx, 0)
         steps = step_lib.Steps(static, tx, sched, jax.eval_shape(lambda s=state: s), mesh, cfg.rules)

@@ -32,6 +32,7 @@ from pdt_jax.sidecar.config import SidecarConfig
 from pdt_jax.sidecar.hooks import HookContext, SidecarHooks
 from pdt_jax.sidecar.params import sidecar_specs
 from pdt_jax.trunk import decode
+from pdt_jax.trunk import moe as moe_lib
 from pdt_jax.trunk import model as trunk_model
 from pdt_jax.trunk.cache import KVCache
 from pdt_jax.trunk.config import TrunkConfig
@@ -59,6 +60,13 @@ class PDTConfig:
         and the combine sums over devices (``dense``): ``gather``/``ragged`` would fetch other
         devices' expert weights. Otherwise the trunk picks by token count."""
         return "dense" if self.rules.size("experts", mesh) > 1 else "auto"
+
+    def train_moe_impl(self, mesh):
+        """Training's MoE: as ``moe_impl``, and on a mesh that splits the rows (FSDP) each device
+        runs it on its own rows' tokens (``moe.PerShard``)."""
+        impl = self.moe_impl(mesh)
+        axes = tuple(a for a in self.rules.mesh_axes("batch") if mesh.shape.get(a, 1) > 1)
+        return moe_lib.PerShard(mesh, axes, impl) if axes and impl == "auto" else impl
 
     def hooks(self) -> SidecarHooks:
         return SidecarHooks(layers=self.sidecar.layers_for(self.trunk), num_streams=self.K)

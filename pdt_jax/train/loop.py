@@ -263,7 +263,7 @@ def run_stage(config: ConfigDict, workdir: str | Path, log=sys.stderr, stop_afte
     trains_trunk = any(p.startswith("trunk/") for p in chosen)
     tx, sched = state_lib.optimizer(tr)
     state = state_lib.create(params, chosen, tx, int(tr.seed))
-    static = step_lib.StepStatic.from_stage(st, cfg, chosen, cfg.moe_impl(mesh))
+    static = step_lib.StepStatic.from_stage(st, cfg, chosen, cfg.train_moe_impl(mesh))
     steps = step_lib.Steps(static, tx, sched, jax.eval_shape(lambda: state), mesh, cfg.rules)
     state = jax.device_put(state, steps.state_sharding)
 

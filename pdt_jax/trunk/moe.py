@@ -19,7 +19,9 @@ Four exact implementations of the same function, chosen by the number of tokens 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +129,28 @@ def _combine(N, E, weights, experts):
 IMPLS = {"gather": _gather, "dense": _dense, "blocked": _blocked, "ragged": _ragged}
 
 
+@dataclasses.dataclass(frozen=True)
+class PerShard:
+    """Run ``impl`` on each device's own tokens: a ``shard_map`` over the mesh axes that split the
+    rows (training's FSDP mesh), with the expert weights gathered whole inside it, as FSDP gathers
+    a layer. Without it, ``blocked``/``ragged`` sort the token–expert pairs of every device's rows
+    together — an all-gather feeds the sort and every device computes the MoE of every row."""
+    mesh: Any
+    axes: tuple[str, ...]
+    impl: str = "auto"
+
+
+MOE_KEYS = ("router", "router_bias", "gate_up", "gate_up_bias", "down", "down_bias")
+
+
+def _per_shard(p, x_NxD, cfg, spec: PerShard):
+    from jax.sharding import PartitionSpec as P
+    rows = P(spec.axes, None)
+    fn = jax.shard_map(lambda mp, x: moe(mp, x, cfg, spec.impl), mesh=spec.mesh, in_specs=(P(), rows),
+                       out_specs=rows)
+    return fn({k: p[k] for k in MOE_KEYS}, x_NxD)
+
+
 def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
     if impl != "auto":
         if impl not in IMPLS:
@@ -142,7 +166,9 @@ def pick_impl(num_tokens: int, cfg: TrunkConfig, impl: str = "auto") -> str:
 
 
 def moe(p: dict, x_NxD: jnp.ndarray, cfg: TrunkConfig, impl: str = "auto") -> jnp.ndarray:
-    """[N, D] → [N, D] in x's dtype."""
+    """[N, D] → [N, D] in x's dtype. ``impl``: a name of ``IMPLS``, 'auto', or ``PerShard``."""
+    if isinstance(impl, PerShard):
+        return _per_shard(p, x_NxD, cfg, impl)
     weights, experts, _ = route(p, x_NxD, cfg)
     fn = IMPLS[pick_impl(x_NxD.shape[0], cfg, impl)]
     return fn(p, x_NxD, weights, experts, cfg).astype(x_NxD.dtype)
