@@ -122,7 +122,8 @@ def test_round_program_at_20b_widths_fits_an_h100(tmp_path):
     cache on 8 fake devices, and reports per-device bytes."""
     out = tmp_path / "plan.json"
     env = dict(os.environ, PYTHONPATH=ROOT)  # memory_plan.py adds the 8 fake devices to XLA_FLAGS
-    proc = subprocess.run([sys.executable, "bench/memory_plan.py", "--config.trunk.num_layers=2", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "bench/memory_plan.py", "--plans=infer", "--config.trunk.num_layers=2",
+                           "--json", str(out)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
@@ -133,3 +134,26 @@ def test_round_program_at_20b_widths_fits_an_h100(tmp_path):
     # The experts are split 8 ways: a device holds 2.8 GB of the 5.6 GB 2-layer trunk.
     assert r["infer_trunk_bytes"] < 3.0e9
     assert r["per_device_bytes_infer"] <= 80e9 and r["per_device_bytes_infer_start"] <= 80e9
+
+
+def test_train_step_plan_at_20b_widths_and_its_gpu_share_estimate(tmp_path):
+    """bench/memory_plan.py compiles stage 2's train step at GPT-OSS-20B widths (1 layer, 256
+    tokens) on the 8-device FSDP mesh, and folds a GPU share's temporaries into the per-GPU
+    estimate: sharded state + those temporaries + two gathered layers, exactly."""
+    share = tmp_path / "share.json"
+    share.write_text(json.dumps({"devices": 1, "stage2_temp_bytes": 7_000_000_000, "stage2_layers": 1,
+                                 "stage2_seq": 256, "stage2_rows": 3, "stage2_platform": "gpu",
+                                 "stage2_form": "passes", "stage2_remat": True, "stage2_q_chunk": 512}))
+    out = tmp_path / "plan.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "bench/memory_plan.py", "--plans=stage2", "--config.trunk.num_layers=1",
+                           "--train-seq=256", "--train-accum=1", "--gpu-share", str(share), "--json", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["stage2_mesh"] == {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1} and r["stage2_rows"] == 24
+    assert r["stage2_remat"] and r["stage2_q_chunk"] == 512 and r["stage2_form"] == "passes"
+    state = r["stage2_trunk_bytes"] + r["stage2_sidecar_bytes"] + r["stage2_optimizer_bytes"]
+    assert r["stage2_trunk_bytes"] < 0.2 * 3.96e9          # the 1-layer trunk (3.96 GB) split 8 ways
+    assert r["per_device_bytes_stage2_gpu_estimate"] == state + 7_000_000_000 + r["stage2_fsdp_gather_bytes"]
+    assert r["stage2_gpu_share_file"].endswith("share.json")
