@@ -59,7 +59,7 @@ def stage_block(index: int) -> ConfigDict:
         # teacher: one pass reading the teacher's notes; passes: n whole-sequence passes, pass i reading
         # pass i − 1's notes; exact: block-recurrent, equal to the runtime (pdt_jax/train/forward.py).
         # remat: recompute each trunk layer (exact form: each round) in the backward pass;
-        # q_chunk: trunk attention this many queries at a time (0: all) — memory, same values.
+        # q_chunk: trunk attention and SNC this many queries at a time (0: all) — memory, same values.
         forward=ConfigDict(dict(form=form, passes=2, remat=False, q_chunk=0)),
         gate=1.0, kd_temperature=1.0, bus_mix=bus_mix, stream_dropout=dropout, note_noise=0.0,
         # Where the parameters start: 'fresh' (a new sidecar), or a directory — a previous stage's

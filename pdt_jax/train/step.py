@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +45,12 @@ class StepStatic:
     bus_mix: float = 0.0
     stream_dropout: float = 0.0
     note_noise: float = 0.0
-    moe_impl: str = "auto"
+    moe_impl: Any = "auto"                        # a trunk/moe.py impl name, or moe.PerShard (FSDP mesh)
     loss_chunk: int = 256                         # LM CE / KD computed this many positions at a time
-    q_chunk: int = 0                              # trunk attention this many queries at a time (0: all)
+    q_chunk: int = 0                              # trunk attention and SNC this many queries at a time (0: all)
 
     @classmethod
-    def from_stage(cls, stage, cfg: pdt.PDTConfig, chosen, moe_impl: str = "auto") -> "StepStatic":
+    def from_stage(cls, stage, cfg: pdt.PDTConfig, chosen, moe_impl: Any = "auto") -> "StepStatic":
         """The static part of a stage's step from its config block (configs/stages.py)."""
         f = stage.forward
         return cls(cfg=cfg, chosen=tuple(chosen), weights=tuple(sorted((k, float(v)) for k, v in stage.losses.items())),
