@@ -1,14 +1,8 @@
-"""Shared by the training benches: a stage's jitted step built from a stage config without data or
-checkpoints, and synthetic batches (concrete, or abstract with shardings for a memory plan)."""
+"""Shared by the training benches: synthetic batches in the collated layout (concrete, or abstract
+for a memory plan). A stage's step comes from ``train.step.StepStatic.from_stage``."""
 from __future__ import annotations
 
 import numpy as np
-
-
-def stage_static(stage_cfg, cfg, chosen, moe_impl="auto"):
-    from pdt_jax.train import step as step_lib
-
-    return step_lib.StepStatic.from_stage(stage_cfg, cfg, chosen, moe_impl)
 
 
 def batch_shapes(cfg, P: int, T: int, accum: int, kd_context: int) -> dict:

@@ -126,7 +126,7 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
     default) with abstract sharded state and batch; returns its per-device bytes."""
     import jax
 
-    from bench._train import abstract_batch, stage_static
+    from bench._train import abstract_batch
     from pdt_jax import config_files
     from pdt_jax.sidecar.params import sidecar_specs
     from pdt_jax.train import state as state_lib
@@ -147,7 +147,7 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
     chosen = state_lib.trainable_paths(params, tuple(st.trainable))
     tx, sched = state_lib.optimizer(tr)
     abstract = jax.eval_shape(lambda p: state_lib.create(p, chosen, tx, 0), params)
-    static = stage_static(st, cfg, chosen, cfg.train_moe_impl(mesh))
+    static = step_lib.StepStatic.from_stage(st, cfg, chosen, cfg.train_moe_impl(mesh))
     steps = step_lib.Steps(static, tx, sched, abstract, mesh, cfg.rules)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, steps.state_sharding)
     batch = abstract_batch(cfg, P, T, A, kd)
@@ -177,42 +177,38 @@ def max_layer_bytes(trunk) -> int:
     return max(sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(lp)) for lp in trunk["layers"])
 
 
-def gpu_share_estimates(r: dict, paths) -> dict:
-    """Per-device bytes of each stage on the GPU mesh: this (fake-device) plan's sharded parameters
+def load_shares(paths) -> list[tuple[str, dict]]:
+    shares = []
+    for path in paths:
+        with open(path) as f:
+            shares.append((path, json.load(f)))
+    return shares
+
+
+def gpu_share_estimate(r: dict, n: str, shares) -> dict:
+    """Per-device bytes of stage ``n`` (e.g. 'stage2', already in ``r``) on the GPU mesh: this (fake-device) plan's sharded parameters
     and optimizer state + the temporaries XLA:GPU planned for one device's share of the step (a
     ``--devices=0 --train-examples=1`` run on one GPU, same layers, rows per device and sequence) +
     two layers of gathered FSDP weights (the layer in use and the next one, prefetched).
     XLA:CPU keeps every layer's intermediates even under remat (bench/remat_probe.py), so its
     temporaries overstate a rematerialised step; XLA:GPU's do not."""
-    out = {}
-    shares = []
-    for path in paths:
-        with open(path) as f:
-            shares.append((path, json.load(f)))
-    for s in range(5):
-        n = f"stage{s}"
-        if f"per_device_bytes_{n}" not in r:
+    rows_here = r[f"{n}_rows"] // max(r["devices"], 1)
+    for path, g in shares:
+        if f"{n}_temp_bytes" not in g:
             continue
-        for path, g in shares:
-            if f"{n}_temp_bytes" not in g:
-                continue
-            layers = g.get(f"{n}_layers") or next((int(o.split("=")[1]) for o in g.get("overrides", [])
-                                                  if o.startswith("--config.trunk.num_layers=")), None)
-            rows_here = r[f"{n}_rows"] // max(r["devices"], 1)
-            # Fields older share files lack are not compared (the session-7 H200 files predate
-            # _platform/_layers/_q_chunk; they ran remat and q_chunk 512 on trunk attention only).
-            same = (layers == r[f"{n}_layers"] and g[f"{n}_seq"] == r[f"{n}_seq"] and g[f"{n}_rows"] == rows_here
-                    and g.get("devices", 1) == 1 and g.get(f"{n}_platform", "gpu") != "cpu"
-                    and all(g[f"{n}_{k}"] == r[f"{n}_{k}"] for k in ("form", "kd", "dtype", "remat", "q_chunk")
-                            if f"{n}_{k}" in g))
-            if not same:
-                continue
+        layers = g.get(f"{n}_layers") or next((int(o.split("=")[1]) for o in g.get("overrides", [])
+                                              if o.startswith("--config.trunk.num_layers=")), None)
+        # Fields older share files lack are not compared (the session-7 H200 files predate
+        # _platform/_layers/_q_chunk; they ran remat and q_chunk 512 on trunk attention only).
+        same = (layers == r[f"{n}_layers"] and g[f"{n}_seq"] == r[f"{n}_seq"] and g[f"{n}_rows"] == rows_here
+                and g.get("devices", 1) == 1 and g.get(f"{n}_platform", "gpu") != "cpu"
+                and all(g[f"{n}_{k}"] == r[f"{n}_{k}"] for k in ("form", "kd", "dtype", "remat", "q_chunk")
+                        if f"{n}_{k}" in g))
+        if same:
             state = r[f"{n}_trunk_bytes"] + r[f"{n}_sidecar_bytes"] + r[f"{n}_optimizer_bytes"]
-            out[f"{n}_gpu_temp_bytes"] = int(g[f"{n}_temp_bytes"])
-            out[f"{n}_gpu_share_file"] = os.path.relpath(path, ROOT)
-            out[f"per_device_bytes_{n}_gpu_estimate"] = state + int(g[f"{n}_temp_bytes"]) + r[f"{n}_fsdp_gather_bytes"]
-            break
-    return out
+            return {f"{n}_gpu_temp_bytes": int(g[f"{n}_temp_bytes"]), f"{n}_gpu_share_file": os.path.relpath(path, ROOT),
+                    f"per_device_bytes_{n}_gpu_estimate": state + int(g[f"{n}_temp_bytes"]) + r[f"{n}_fsdp_gather_bytes"]}
+    return {}
 
 
 def main(argv=None):
@@ -232,7 +228,7 @@ def main(argv=None):
     ap.add_argument("--train-accum", type=int, default=None)
     ap.add_argument("--gpu-share", nargs="*", default=[],
                     help="JSON files of `--devices=0 --train-examples=1` runs on one GPU: each stage's per-device "
-                         "estimate on the GPU mesh uses their temporaries (see gpu_share_estimates)")
+                         "estimate on the GPU mesh uses their temporaries (see gpu_share_estimate)")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
     _fake_devices(args.devices)
@@ -247,6 +243,7 @@ def main(argv=None):
     r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices())}
     plans = [p.strip() for p in args.plans.split(",") if p.strip()]
     train_overrides = [o.replace("--config.", "--config.model.", 1) for o in overrides]
+    shares = load_shares(args.gpu_share)
     for p in plans:
         if not p.startswith("stage"):
             continue
@@ -260,7 +257,7 @@ def main(argv=None):
             print(f"  {label:<28}{t[p + '_' + key] / GB:>10.2f} GB")
         print(f"  {p.upper() + ' per device':<28}{t['per_device_bytes_' + p] / GB:>10.2f} GB   (XLA:{t[p + '_platform'].upper()}'s "
               f"temporaries)", flush=True)
-        est = gpu_share_estimates(r, args.gpu_share)
+        est = gpu_share_estimate(r, p, shares)
         r.update(est)
         if f"per_device_bytes_{p}_gpu_estimate" in est:
             print(f"  {'XLA:GPU temporaries, 1 share':<28}{est[p + '_gpu_temp_bytes'] / GB:>10.2f} GB   "

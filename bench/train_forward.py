@@ -33,21 +33,10 @@ from pdt_jax import config_files  # noqa: E402
 from pdt_jax import model as pdt  # noqa: E402
 from pdt_jax.runtime.cli import init_params  # noqa: E402
 from pdt_jax.sidecar.checkpoint import load_sidecar  # noqa: E402
+from pdt_jax.sidecar.params import acting  # noqa: E402
 from pdt_jax.train import forward as train_forward  # noqa: E402
 
 LAGS, PASSES = (0, 1, 2), (2, 3, 4)
-
-
-def acting(side, key):
-    keys = iter(jax.random.split(key, 2 * len(side["layers"])))
-    layers = []
-    for lp in side["layers"]:
-        lp = dict(lp, snc=dict(lp["snc"]), adapter=dict(lp["adapter"]), snc_gate=jnp.float32(2.0),
-                  adapter_gate=jnp.float32(2.0))
-        lp["snc"]["o"] = 0.5 * jax.random.normal(next(keys), lp["snc"]["o"].shape)
-        lp["adapter"]["up"] = 0.5 * jax.random.normal(next(keys), lp["adapter"]["up"].shape)
-        layers.append(lp)
-    return dict(side, layers=layers)
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 
 from bench._timing import best_of_interleaved  # noqa: E402
-from bench._train import stage_static, synthetic_batch  # noqa: E402
+from bench._train import synthetic_batch  # noqa: E402
 from pdt_jax import config_files  # noqa: E402
 from pdt_jax.runtime.cli import init_params  # noqa: E402
 from pdt_jax.train import state as state_lib  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv=None):
     tx, sched = state_lib.optimizer(tr)
     runs, compile_s = {}, {}
     for name, paths in sets.items():
-        static = stage_static(st, cfg, paths, cfg.train_moe_impl(mesh))
+        static = step_lib.StepStatic.from_stage(st, cfg, paths, cfg.train_moe_impl(mesh))
         own = jax.tree.map(lambda x: x.copy(), params)   # the step donates its state: no sharing
         state = state_lib.create(own, paths, tx, 0)
         steps = step_lib.Steps(static, tx, sched, jax.eval_shape(lambda s=state: s), mesh, cfg.rules)

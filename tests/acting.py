@@ -6,21 +6,13 @@ import jax.numpy as jnp
 
 from pdt_jax import config_files
 from pdt_jax import model as pdt
+from pdt_jax.sidecar.params import acting
 from pdt_jax.tokenizer import Tokenizer
 from pdt_jax.trunk.params import init_trunk
 
 
 def acting_sidecar(cfg, key, draws_key) -> dict:
-    side = pdt.init_sidecar(cfg, key)
-    keys = iter(jax.random.split(draws_key, 16))
-    layers = []
-    for lp in side["layers"]:
-        lp = dict(lp, snc=dict(lp["snc"]), adapter=dict(lp["adapter"]), snc_gate=jnp.float32(2.0),
-                  adapter_gate=jnp.float32(2.0))
-        lp["snc"]["o"] = 0.5 * jax.random.normal(next(keys), lp["snc"]["o"].shape)
-        lp["adapter"]["up"] = 0.5 * jax.random.normal(next(keys), lp["adapter"]["up"].shape)
-        layers.append(lp)
-    return dict(side, layers=layers)
+    return acting(pdt.init_sidecar(cfg, key), draws_key)
 
 
 def tiny_model():

@@ -89,3 +89,21 @@ def sidecar_specs(trunk: TrunkConfig, cfg: SidecarConfig) -> dict:
             "b2": ParamSpec((K,), f32, ("streams",), zeros),
         },
     }
+
+
+def acting(side: dict, key, scale: float = 0.5, gate_logit: float = 2.0) -> dict:
+    """``side`` with SNC output and adapter up-projections drawn at ``scale`` and both gates at
+    sigmoid(``gate_logit``): a sidecar whose notes and adapters change the logits, for tests and
+    benches that must see an effect (a fresh sidecar's zero-initialised outputs hide every one).
+    Layer j draws keys 2j and 2j + 1 of ``split(key, max(16, 2 · layers))``."""
+    import jax
+
+    keys = iter(jax.random.split(key, max(16, 2 * len(side["layers"]))))
+    layers = []
+    for lp in side["layers"]:
+        lp = dict(lp, snc=dict(lp["snc"]), adapter=dict(lp["adapter"]), snc_gate=jnp.float32(gate_logit),
+                  adapter_gate=jnp.float32(gate_logit))
+        lp["snc"]["o"] = scale * jax.random.normal(next(keys), lp["snc"]["o"].shape)
+        lp["adapter"]["up"] = scale * jax.random.normal(next(keys), lp["adapter"]["up"].shape)
+        layers.append(lp)
+    return dict(side, layers=layers)

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
 from pdt_jax.trunk.config import TrunkConfig
 
@@ -144,7 +145,6 @@ MOE_KEYS = ("router", "router_bias", "gate_up", "gate_up_bias", "down", "down_bi
 
 
 def _per_shard(p, x_NxD, cfg, spec: PerShard):
-    from jax.sharding import PartitionSpec as P
     rows = P(spec.axes, None)
     fn = jax.shard_map(lambda mp, x: moe(mp, x, cfg, spec.impl), mesh=spec.mesh, in_specs=(P(), rows),
                        out_specs=rows)
