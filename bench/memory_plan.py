@@ -34,7 +34,14 @@ GB = 1e9
 H100_BYTES = 80e9
 
 
-def _fake_devices(n: int) -> None:
+def _fake_devices(n: int, mock_gpus: int = 0) -> None:
+    if mock_gpus:
+        # One real GPU posing as host 0 of ``mock_gpus`` one-GPU hosts (jax's mock NCCL topology):
+        # jax.devices() lists them all, programs compile for the whole mesh (XLA:GPU's own sharded
+        # plan, collectives included) and nothing runs. --devices is ignored.
+        import jax  # the flag must be set before the first backend starts (jax 0.11 ignores its env var)
+        jax.config.update("jax_mock_gpu_topology", f"1x{mock_gpus}x1")
+        return
     if n == 0:   # the backend's own devices (a GPU): XLA's real plan for that device
         return
     flag = f"--xla_force_host_platform_device_count={n}"
@@ -218,6 +225,9 @@ def main(argv=None):
     ap.add_argument("--devices", type=int, default=8,
                     help="fake CPU devices; 0: the backend's own devices (on one GPU with --train-examples=1: "
                          "one device's share of the 8-GPU plan, as XLA:GPU compiles it)")
+    ap.add_argument("--mock-gpus", type=int, default=0,
+                    help="on one GPU: compile for this many GPUs (one real, the rest mocked; "
+                         "JAX_MOCK_GPU_TOPOLOGY=1xNx1): XLA:GPU's per-device plan of the real sharded program")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--context", type=int, default=8192, help="KV-cache length (tokens per row)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
@@ -231,7 +241,7 @@ def main(argv=None):
                          "estimate on the GPU mesh uses their temporaries (see gpu_share_estimate)")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
-    _fake_devices(args.devices)
+    _fake_devices(args.devices, args.mock_gpus)
 
     import jax
 
@@ -240,7 +250,9 @@ def main(argv=None):
     cfg = config_files.pdt_config(config_files.load(args.config, overrides))
     print(f"memory plan, {args.config} {' '.join(overrides)}, {len(jax.devices())} {jax.devices()[0].platform} "
           f"devices, mesh {dict(cfg.mesh)}", flush=True)
-    r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices())}
+    r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices()),
+         "mock_gpus": args.mock_gpus, "platform": jax.devices()[0].platform,
+         "device_kind": jax.devices()[0].device_kind}
     plans = [p.strip() for p in args.plans.split(",") if p.strip()]
     train_overrides = [o.replace("--config.", "--config.model.", 1) for o in overrides]
     shares = load_shares(args.gpu_share)
