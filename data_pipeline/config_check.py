@@ -77,8 +77,9 @@ def validate(config) -> None:
          "3 non-negative numbers (train, validation, test) summing to 1")
     need(config.plans.lint in ("fail", "warn"), "plans.lint", "'fail' or 'warn'")
     need(config.teacher.kind in ("procedural", "openai"), "teacher.kind", "'procedural' or 'openai'")
-    need(config.source.kind in ("synthetic", "files"), "source.kind", "'synthetic' or 'files'")
-    if config.source.kind == "synthetic":
+    need(config.source.kind in ("synthetic", "coordination", "files"), "source.kind",
+         "'synthetic', 'coordination' or 'files'")
+    if config.source.kind in ("synthetic", "coordination"):
         positive_int("source.num_documents")
     else:
         paths = [p for p in str(config.source.paths).split(",") if p.strip()]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline import sources, synthetic_world
+from data_pipeline import coordination, sources, synthetic_world
 from data_pipeline.context import Context, files_fingerprint, stage_is_current, write_report
 from data_pipeline.storage import InputError, read_json, write_json, write_jsonl
 from data_pipeline.teachers.base import TeacherError
@@ -28,22 +28,28 @@ def sample_id_of(doc_id: str) -> str:
 
 def source_paths(ctx: Context) -> list[Path]:
     src = ctx.config.source
-    if src.kind == "synthetic":
+    if src.kind in ("synthetic", "coordination"):
         out = ctx.work_dir / "source"
-        # The world is rebuilt when the config asks for another one (num_documents, seed) or when
-        # a killed run left part of it: world.json is written last and names what the files hold.
+        # The world is rebuilt when the config asks for another one (kind, num_documents, seed) or
+        # when a killed run left part of it: world.json is written last and names what the files hold.
         want = {"num_documents": int(src.num_documents), "seed": int(src.seed)}
+        truth = "facts.jsonl"
+        if src.kind == "coordination":
+            want["kind"], want["version"], truth = "coordination", coordination.VERSION, "coordination_truth.json"
         marker = out / "world.json"
         if not (marker.exists() and read_json(marker) == want and (out / "documents.jsonl").exists()
-                and (out / "facts.jsonl").exists()):
+                and (out / truth).exists()):
             marker.unlink(missing_ok=True)
-            synthetic_world.write_world(out, want["num_documents"], want["seed"])
+            if src.kind == "coordination":
+                coordination.write(out, want["num_documents"], want["seed"])
+            else:
+                synthetic_world.write_world(out, want["num_documents"], want["seed"])
             write_json(marker, want)
         return [out / "documents.jsonl"]
     if src.kind == "files":
         paths = src.paths.split(",") if isinstance(src.paths, str) else list(src.paths)
         return [Path(p.strip()) for p in paths if p.strip()]
-    raise ValueError(f"unknown source.kind {src.kind!r} (use 'files' or 'synthetic')")
+    raise ValueError(f"unknown source.kind {src.kind!r} (use 'files', 'synthetic' or 'coordination')")
 
 
 def _char_problem(text: str, cfg) -> str | None:

@@ -11,10 +11,10 @@ def base_config() -> config_dict.ConfigDict:
     c.progress = True                  # tqdm bars on stderr
 
     c.source = config_dict.ConfigDict()
-    c.source.kind = "synthetic"        # "synthetic" (world generator) or "files"
+    c.source.kind = "synthetic"        # "synthetic" (world generator), "coordination" (the demo task) or "files"
     c.source.paths = ""                # files: comma-separated .jsonl / .parquet paths
-    c.source.num_documents = 300       # synthetic only
-    c.source.seed = 0                  # synthetic only
+    c.source.num_documents = 300       # synthetic / coordination only
+    c.source.seed = 0                  # synthetic / coordination only
 
     c.preflight = config_dict.ConfigDict()
     c.preflight.min_chars = 200
