@@ -15,6 +15,7 @@ def get_config(arg=None):
         command="analyze",     # analyze | summarize | compare | score
         manifests="",          # manifest files or directories of them, comma-separated
         sequential="",         # the same, of the sequential baseline (speed-up in analyze; required by compare)
+        truth="",              # score: the coordination task's coordination_truth.json
         output="",             # write the figures here as JSON (atomically); empty: print only
         table=True,            # print a readable table
     ))

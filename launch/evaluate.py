@@ -7,8 +7,12 @@ sequential-vs-PDT comparisons, as a table and as JSON.
     python launch/evaluate.py --config=configs/evaluate.py --config.command=compare \\
         --config.manifests=runs/pdt --config.sequential=runs/seq
 
-Manifests whose plan-hashing metadata differ are refused. ``score`` (against the coordination
-task's ground truth) is not built yet and says so.
+    python launch/evaluate.py --config=configs/evaluate.py --config.command=score \
+        --config.manifests=experiments/demo/manifests/bus --config.truth=runs/demo/data/source/coordination_truth.json
+
+Manifests whose plan-hashing metadata differ are refused. ``score`` measures answers to the
+coordination task (data_pipeline/coordination.py) against its ground truth: cross-part consistency
+of the shared facts, contradictions, redundancy, coverage precision / recall / F1 against the plan.
 """
 from __future__ import annotations
 
@@ -38,10 +42,16 @@ def run(c) -> dict:
 
     if c.command not in COMMANDS:
         raise ev.EvaluationError(f"config field 'command': expected one of {COMMANDS}, found {c.command!r}")
-    if c.command == "score":
-        raise ev.EvaluationError("config field 'command': 'score' needs the coordination task's ground truth "
-                                 "(issue 15, item 1), which is not built yet")
     items = ev.load(_paths(c.manifests))
+    if c.command == "score":
+        if not c.truth:
+            raise ev.EvaluationError("config field 'truth': score needs the coordination task's ground truth "
+                                     "(<data work_dir>/source/coordination_truth.json)")
+        truth = ev.load_truth(c.truth)
+        result = {"command": "score", "truth": c.truth, "score": ev.score(items, truth),
+                  "answers": [dict(ev.score_answer(m, truth, p), file=p) for p, m in items]}
+        text = ev.table([result["score"]], ev.SCORE_COLUMNS)
+        return _emit(c, result, text)
     seq = ev.load(_paths(c.sequential)) if c.sequential else []
     if seq:
         ev.check_hashing(items[:1] + seq)
@@ -63,6 +73,10 @@ def run(c) -> dict:
         result = {"command": "compare", "comparisons": comps}
         text = ev.table(comps, ("prompt_index", "unigram_f1", "bigram_f1", "sequential_tokens", "parallel_tokens",
                                 "total_s_delta", "speedup", "parallel_rollback_fraction"))
+    return _emit(c, result, text)
+
+
+def _emit(c, result: dict, text: str) -> dict:
     if c.table:
         print(text)
     if c.output:

@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 SCHEMA = "pdt-jax-manifest/1"          # pdt_jax/runtime/manifest.py writes it
@@ -238,3 +239,136 @@ def compare(sequential: dict, parallel: dict) -> dict:
             "sequential_total_s": a["total_s"], "parallel_total_s": b["total_s"],
             "total_s_delta": b["total_s"] - a["total_s"], "speedup": b["speedup_vs_sequential"],
             "parallel_rollback_fraction": b["rollback_fraction"]}
+
+
+# ---- score (the coordination task, data_pipeline/coordination.py) ---------------------------------
+
+SCORE_COLUMNS = ("answers", "consistency", "contradictions", "missing", "redundancy", "coverage_precision",
+                 "coverage_recall", "coverage_f1")
+
+
+def load_truth(path: str) -> dict:
+    """The coordination task's ground truth (``coordination_truth.json``), checked field by field."""
+    try:
+        with open(path) as f:
+            truth = json.load(f)
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: no such ground-truth file (the coordination dataset writes "
+                              f"<work_dir>/source/coordination_truth.json)") from None
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(truth, dict) or truth.get("task") != "coordination":
+        raise EvaluationError(f"{path}: field 'task' must be 'coordination'")
+    for field, kind in (("headings", list), ("pools", dict), ("phrases", dict), ("shared", dict), ("documents", dict)):
+        if not isinstance(truth.get(field), kind):
+            raise EvaluationError(f"{path}: field {field!r} missing or not a {kind.__name__}")
+    for attr, spec in truth["shared"].items():
+        ok = (attr in truth["pools"] and isinstance(spec, dict) and isinstance(spec.get("intro"), list)
+              and isinstance(spec.get("reused_by"), list)
+              and all(isinstance(x, list) and len(x) == 2 and x[1] in truth["phrases"]
+                      and 0 <= x[0] < len(truth["headings"]) for x in [spec["intro"], *spec["reused_by"]]))
+        if not ok:
+            raise EvaluationError(f"{path}: field 'shared.{attr}' needs a pool and 'intro' / 'reused_by' as "
+                                  f"[part, predicate] pairs")
+    for doc_id, d in truth["documents"].items():
+        if not isinstance(d, dict) or not isinstance(d.get("title"), str) or not isinstance(d.get("parts"), list) \
+                or len(d["parts"]) != len(truth["headings"]):
+            raise EvaluationError(f"{path}: field 'documents.{doc_id}' needs a title and one key list per heading")
+    return truth
+
+
+def answer_parts(m: dict, headings: Sequence[str]) -> list[str]:
+    """The answer's text per part: PDT's streams in order (stream k writes part k); the sequential
+    baseline's one text cut at the heading lines (a part whose heading never appears is empty)."""
+    streams = list(m["streams"].values())
+    if m.get("baseline") != "sequential" and len(streams) == len(headings):
+        return [s.get("text", "") for s in streams]
+    text = "".join(s.get("text", "") for s in streams)
+    starts = []
+    for h in headings:
+        hit = re.search(r"(?m)^" + re.escape(h) + r"\n", text)
+        starts.append(hit.start() if hit else None)
+    parts = []
+    for i, s in enumerate(starts):
+        if s is None:
+            parts.append("")
+            continue
+        later = [t for t in starts[i + 1:] if t is not None and t > s]
+        parts.append(text[s:min(later) if later else len(text)])
+    return parts
+
+
+def _sentence_with(text: str, phrase: str) -> str:
+    """The sentence of ``text`` that holds ``phrase`` ('' when none does)."""
+    at = text.find(phrase)
+    if at < 0:
+        return ""
+    start = max(text.rfind(".", 0, at), text.rfind("\n", 0, at)) + 1
+    end = text.find(".", at + len(phrase))
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _first_value(text: str, pool: Sequence) -> str | None:
+    best = None
+    for v in pool:
+        hit = re.search(r"(?<!\w)" + re.escape(str(v)) + r"(?!\w)", text)
+        if hit and (best is None or hit.start() < best[0]):
+            best = (hit.start(), str(v))
+    return None if best is None else best[1]
+
+
+def score_answer(m: dict, truth: dict, path: str = "<manifest>") -> dict:
+    """One answer against the ground truth of the document its prompt names. Counts:
+    * shared-fact slots (a part that must reuse a fact another part introduces, in the sentence
+      of a given predicate): ``consistent`` (the value from the fact's pool in that sentence
+      equals the one in the introducing sentence), ``contradicted`` (another value, or one the
+      introducing part never stated), ``missing`` (no such sentence, or no value in it);
+    * ``statements`` (predicate phrases stated, per part) and ``repeated`` (statements of a
+      predicate another part also states: the must-not-repeat facts);
+    * coverage against the plan: stated predicates in their planned part (tp), elsewhere (fp),
+      planned but not stated (fn)."""
+    prompt = m.get("prompt")
+    doc = next((d for d in truth["documents"].values() if isinstance(prompt, str)
+                and re.search(r"(?<!\w)" + re.escape(d["title"]) + r"(?!\w)", prompt)), None)
+    if doc is None:
+        raise EvaluationError(f"{path}: its prompt {prompt!r} names no document of the ground truth")
+    parts = answer_parts(m, truth["headings"])
+    out = collections.Counter()
+    phrases = truth["phrases"]
+    for attr, spec in truth["shared"].items():
+        pool = truth["pools"][attr]
+        part, key = spec["intro"]
+        intro = _first_value(_sentence_with(parts[part], phrases[key]), pool)
+        for k, key in spec["reused_by"]:
+            value = _first_value(_sentence_with(parts[k], phrases[key]), pool)
+            out["slots"] += 1
+            out["missing" if value is None else "consistent" if value == intro else "contradicted"] += 1
+    stated = [{key for key, phrase in truth["phrases"].items() if phrase in part} for part in parts]
+    for i, keys in enumerate(stated):
+        planned = set(doc["parts"][i])
+        out["statements"] += len(keys)
+        out["repeated"] += sum(1 for key in keys if any(key in other for j, other in enumerate(stated) if j != i))
+        out["tp"] += len(keys & planned)
+        out["fp"] += len(keys - planned)
+        out["fn"] += len(planned - keys)
+    return dict(out)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def score(items: Sequence[tuple[str, dict]], truth: dict) -> dict:
+    """Totals over answers (one manifest each): consistency / contradiction / missing rates over
+    the shared-fact slots, redundancy (repeated / all statements), coverage precision, recall and
+    F1 (micro-averaged over parts)."""
+    total = collections.Counter()
+    for path, m in items:
+        total.update(score_answer(m, truth, path))
+    p, r = _ratio(total["tp"], total["tp"] + total["fp"]), _ratio(total["tp"], total["tp"] + total["fn"])
+    f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+    return {"answers": len(items), "slots": total["slots"], "consistency": _ratio(total["consistent"], total["slots"]),
+            "contradictions": _ratio(total["contradicted"], total["slots"]),
+            "missing": _ratio(total["missing"], total["slots"]),
+            "redundancy": _ratio(total["repeated"], total["statements"]), "statements": total["statements"],
+            "coverage_precision": p, "coverage_recall": r, "coverage_f1": f1}

@@ -122,4 +122,101 @@ def test_launch_evaluate_writes_json_and_table(tmp_path):
     assert "unigram_f1" in proc.stdout.splitlines()[0]
     bad = subprocess.run(cmd[:3] + ["--config.command=score", f"--config.manifests={pdt_dir}"], cwd=ROOT,
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and "'score'" in bad.stderr and "not built yet" in bad.stderr
+    assert bad.returncode == 2 and "'truth'" in bad.stderr
+
+
+# ---- score: the coordination task ---------------------------------------------------------------
+
+def coordination_truth() -> dict:
+    """Two articles in the task's format (data_pipeline/coordination.py), written out by hand."""
+    from data_pipeline import coordination as C
+    return {"task": "coordination", "seed": 0, "headings": list(C.HEADINGS),
+            "pools": {"founder": ["Ardis", "Belm", "Corran"], "year": [1200, 1300]}, "phrases": C.PHRASES,
+            "shared": C.SHARED, "details": list(C.DETAILS), "documents": {
+                "coord-00000": {"title": "Velmora", "founder": "Ardis", "year": 1200,
+                                "parts": [["founded", "lies", "population"], ["exports", "craft", "market"],
+                                          ["festival", "ferries", "library", "honoured"]]},
+                "coord-00001": {"title": "Zunbrak", "founder": "Belm", "year": 1300,
+                                "parts": [["founded", "lies", "population"], ["ferries", "library", "market"],
+                                          ["festival", "exports", "craft", "honoured"]]}}}
+
+
+def answer(title, parts, index=0, sequential=False) -> dict:
+    m = pdt_manifest(f"Write an encyclopedic article about {title}.", index)
+    if sequential:
+        m = seq_manifest(f"Write an encyclopedic article about {title}.", index)
+        m["streams"] = {"seq": {"num_tokens": 30, "text": "".join(parts)}}
+    else:
+        m["streams"] = {f"stream_{k + 1}": {"num_tokens": 10, "text": t} for k, t in enumerate(parts)}
+    return m
+
+
+# Velmora, PDT: Founding introduces Ardis/1200; Trade reuses Ardis (consistent) and repeats Legacy's
+# "ferries" (a detail it was not given); Legacy says Belm (contradiction) and 1200 (consistent).
+VELMORA = ["Founding\nVelmora was founded by Ardis in 1200. Velmora lies in the northern hills.\n\n",
+           "Trade\nVelmora exports glass lenses. Velmora is served by 12 ferries. Ardis built the first market of Velmora.\n\n",
+           "Legacy\nVelmora celebrates a festival each spring. Velmora is served by 40 ferries. "
+           "Velmora has honoured Belm since 1200.\n\n"]
+# Zunbrak, sequential: all three headings in one text; Trade never names a founder (missing),
+# Legacy reuses Belm and 1300; every statement in its planned part, nothing repeated.
+ZUNBRAK = ["Founding\nZunbrak was founded by Belm in 1300. Zunbrak lies in the eastern plains. "
+           "Zunbrak has a population of 44.\n\n",
+           "Trade\nZunbrak keeps a library of 20 books.\n\n",
+           "Legacy\nZunbrak exports dyed silk. Zunbrak has honoured Belm since 1300.\n\n"]
+
+
+def test_score_counts_are_the_hand_computed_ones():
+    truth = coordination_truth()
+    v = ev.score_answer(answer("Velmora", VELMORA), truth)
+    # slots: founder in Trade (Ardis = Ardis) and Legacy (Belm ≠ Ardis), year in Legacy (1200 = 1200)
+    assert (v["slots"], v["consistent"], v["contradicted"], v.get("missing", 0)) == (3, 2, 1, 0)
+    # statements: Founding {founded, lies}, Trade {exports, ferries, market}, Legacy {festival, ferries, honoured}
+    assert v["statements"] == 8 and v["repeated"] == 2                  # ferries, in Trade and in Legacy
+    # planned: Founding 3 (2 stated), Trade {exports, craft, market} (ferries extra, craft missing),
+    # Legacy {festival, ferries, library, honoured} (library missing)
+    assert (v["tp"], v["fp"], v["fn"]) == (7, 1, 3)
+    z = ev.score_answer(answer("Zunbrak", ZUNBRAK, 1, sequential=True), truth)
+    assert (z["slots"], z["consistent"], z.get("contradicted", 0), z["missing"]) == (3, 2, 0, 1)
+    assert z["statements"] == 6 and z.get("repeated", 0) == 0
+    # planned Trade {ferries, library, market}: library stated; Legacy {festival, exports, craft, honoured}
+    assert (z["tp"], z.get("fp", 0), z["fn"]) == (6, 0, 4)
+    # Three streams writing the Founding part: every reuse sentence is missing, everything repeated.
+    same = ev.score_answer(answer("Velmora", [VELMORA[0]] * 3), truth)
+    assert (same["slots"], same["missing"], same.get("consistent", 0)) == (3, 3, 0)
+    assert same["repeated"] == same["statements"] == 6
+    total = ev.score([("v", answer("Velmora", VELMORA)), ("z", answer("Zunbrak", ZUNBRAK, 1, sequential=True))], truth)
+    assert total["answers"] == 2 and total["slots"] == 6
+    assert total["consistency"] == pytest.approx(4 / 6) and total["contradictions"] == pytest.approx(1 / 6)
+    assert total["missing"] == pytest.approx(1 / 6) and total["redundancy"] == pytest.approx(2 / 14)
+    p, r = 13 / 14, 13 / 20
+    assert (total["coverage_precision"], total["coverage_recall"]) == pytest.approx((p, r))
+    assert total["coverage_f1"] == pytest.approx(2 * p * r / (p + r))
+
+
+def test_score_refuses_what_it_cannot_score(tmp_path):
+    truth = coordination_truth()
+    with pytest.raises(ev.EvaluationError, match="names no document"):
+        ev.score_answer(answer("Nowhere", VELMORA), truth, "m.json")
+    bad = tmp_path / "truth.json"
+    for broken, field in ((dict(truth, task="other"), "'task'"), ({k: v for k, v in truth.items() if k != "pools"},
+                                                                  "'pools'"),
+                          (dict(truth, documents={"d": {"title": "X", "parts": [[]]}}), "documents.d")):
+        write(bad, broken)
+        with pytest.raises(ev.EvaluationError, match=field):
+            ev.load_truth(str(bad))
+
+
+def test_launch_evaluate_score(tmp_path):
+    d = tmp_path / "bus"
+    d.mkdir()
+    write(d / "manifest-0000.json", answer("Velmora", VELMORA))
+    write(tmp_path / "truth.json", coordination_truth())
+    out = tmp_path / "score.json"
+    cmd = [sys.executable, "launch/evaluate.py", "--config=configs/evaluate.py", "--config.command=score",
+           f"--config.manifests={d}", f"--config.truth={tmp_path / 'truth.json'}", f"--config.output={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["score"]["consistency"] == pytest.approx(2 / 3) and result["answers"][0]["repeated"] == 2
+    assert "consistency" in proc.stdout.splitlines()[0]
