@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.cadence = ConfigDict(dict(mode="deterministic", every=(), max_interval=0))   # every: "STREAM=M" / "all=M"
     c.gate_annealing = ConfigDict(dict(enabled=True, decay=0.6, min_value=0.1, recovery=0.05,
                                        stability_margin=0.05, cooldown=1))
-    c.counterfactuals = ConfigDict(dict(ablate=(), swap=(), shuffle=(), freeze=(), stale=(), tag=""))
+    c.counterfactuals = ConfigDict(dict(ablate=(), ablate_keep_seed=False, swap=(), shuffle=(), freeze=(), stale=(),
+                                        tag=""))
     # Outputs and telemetry.
     c.output = ""                      # manifest path (a directory with prompts_file)
     c.verbose = False

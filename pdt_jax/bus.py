@@ -280,9 +280,13 @@ def _keep_only(window: Window, keep_PxKxW: jax.Array) -> Window:
                   producer=z(window.producer), version=z(window.version), round=z(window.round))
 
 
-def ablate(window: Window, consumers=None) -> Window:
-    """Selected consumers read nothing (notes zeroed, mask False)."""
-    return _keep_only(window, ~_consumer_mask(window, consumers)[..., None])
+def ablate(window: Window, consumers=None, keep_seed: bool = False) -> Window:
+    """Selected consumers read nothing (notes zeroed, mask False); with ``keep_seed`` they keep
+    snapshot 0 (the planner's notes, version 0) and lose every published note."""
+    hide = _consumer_mask(window, consumers)[..., None]
+    if keep_seed:
+        hide = hide & (window.version > 0)
+    return _keep_only(window, ~hide)
 
 
 def stale(window: Window, drop, consumers=None) -> Window:

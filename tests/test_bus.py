@@ -264,6 +264,15 @@ def test_ablate(window):
     assert_tree_equal(jax.tree.map(lambda x: x[:, ::2], out), jax.tree.map(lambda x: x[:, ::2], window))
 
 
+def test_ablate_keep_seed_hides_published_notes_only(window):
+    out = B.ablate(window, jnp.array([False, True, False]), keep_seed=True)
+    kept = entries(out, 0, 1)
+    assert kept and [e[1] for e in kept] == [0] * len(kept)            # snapshot 0 only ...
+    assert kept == [e for e in entries(window, 0, 1) if e[1] == 0]     # ... all of it, unchanged
+    assert len(entries(window, 0, 1)) > len(kept)                      # published notes were there
+    assert_tree_equal(jax.tree.map(lambda x: x[:, ::2], out), jax.tree.map(lambda x: x[:, ::2], window))
+
+
 def test_stale_drops_newest_published_keeps_snapshot0(window):
     out = B.stale(window, jnp.array([0, 2, 10]))
     assert entries(out, 0, 0) == entries(window, 0, 0)

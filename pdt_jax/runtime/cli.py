@@ -69,6 +69,8 @@ ALIASES = (
     Alias("cf-freeze", "counterfactuals.freeze", "multi", "STREAM (repeatable)"),
     Alias("cf-stale", "counterfactuals.stale", "multi", "STREAM:DELTA (repeatable)"),
     Alias("cf-ablate", "counterfactuals.ablate", "multi", "STREAM|all (repeatable)"),
+    Alias("cf-ablate-keep-seed", "counterfactuals.ablate_keep_seed", "true",
+          "--cf-ablate hides the published notes only; snapshot 0 (the plan) stays"),
     Alias("cf-tag", "counterfactuals.tag", "str", "a label recorded in the manifest"),
     Alias("baseline", "baseline", "enum:" + "|".join(BASELINES), "run a baseline instead of PDT"),
     Alias("replay-artifact-dir", "replay_artifact_dir", "str", "write the replay artifact here"),

@@ -52,7 +52,8 @@ class DeviceEngine:
         canonical = bool(cf.stale or cf.shuffle or cf.freeze)
         self.static = prog.RoundStatic(cfg, self.tau, int(opts.top_k), opts.alpha < 1.0, swap, cfg.moe_impl(self.mesh),
                                        canonical_window=canonical, greedy=not opts.temperature > 0,
-                                       freeze=bool(cf.freeze), ablate=bool(cf.ablate), unroll=ROUND_UNROLL)
+                                       freeze=bool(cf.freeze), ablate=bool(cf.ablate),
+                                       ablate_keep_seed=bool(cf.ablate_keep_seed), unroll=ROUND_UNROLL)
         stale = np.zeros((self.P, K), np.int32)
         for name, d in cf.stale:
             stale[:, [names.index(name)] if name != "all" else slice(None)] = int(d)

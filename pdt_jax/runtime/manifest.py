@@ -163,6 +163,7 @@ def build(rec: dict, *, prompts, stream_names, opts, model_cfg, decode, catalogs
             "counterfactuals": None if not pdt_run else {
                 "swap_pairs": [list(x) for x in cf.swap], "shuffle_streams": list(cf.shuffle),
                 "freeze_streams": list(cf.freeze), "ablate_streams": list(cf.ablate),
+                "ablate_keep_seed": bool(cf.ablate_keep_seed),
                 "stale_overrides": {s: d for s, d in cf.stale}, "tag": cf.tag},
             "counterfactual_tags": [cf.tag] if cf.tag and pdt_run else [],
             **git_info(),

@@ -13,6 +13,7 @@ from pdt_jax.trunk.config import ConfigError
 class Counterfactuals:
     """Interventions on a consumer's notes window before SNC reads it (seed README flags)."""
     ablate: tuple[str, ...] = ()               # zero the window ("all" = every stream)
+    ablate_keep_seed: bool = False             # ... except snapshot 0: only published notes are hidden
     swap: tuple[tuple[str, str], ...] = ()     # swap producers a and b in every window
     shuffle: tuple[str, ...] = ()              # permute the window's note vectors
     freeze: tuple[str, ...] = ()               # keep reading the first window ever seen
@@ -115,6 +116,9 @@ class RuntimeOptions:
         for flag, values in (("--cf-shuffle", cf.shuffle), ("--cf-freeze", cf.freeze), ("--cf-ablate", cf.ablate),
                              ("--cadence-M", [s for s, _ in self.cadence.every])):
             check(values, flag)
+        if cf.ablate_keep_seed and not cf.ablate:
+            raise ValueError("--cf-ablate-keep-seed: says which part of an ablated window stays; give --cf-ablate "
+                             "STREAM|all too")
         for s, d in cf.stale:
             if d < 0:
                 raise ValueError(f"--cf-stale {s}:{d}: expected a number of notes >= 0")
@@ -167,7 +171,8 @@ def from_config(c: Any) -> RuntimeOptions:
             gate_annealing=GateAnnealing(enabled=bool(ga.enabled), decay=float(ga.decay),
                                          min_value=float(ga.min_value), recovery=float(ga.recovery),
                                          stability_margin=float(ga.stability_margin), cooldown=int(ga.cooldown)),
-            counterfactuals=Counterfactuals(ablate=tuple(cf.ablate), swap=_pairs(cf.swap, ":", "--cf-swap"),
+            counterfactuals=Counterfactuals(ablate=tuple(cf.ablate), ablate_keep_seed=bool(cf.get("ablate_keep_seed", False)),
+                                            swap=_pairs(cf.swap, ":", "--cf-swap"),
                                             shuffle=tuple(cf.shuffle), freeze=tuple(cf.freeze),
                                             stale=_pairs(cf.stale, ":", "--cf-stale", int), tag=cf.tag or None),
             log_margins=bool(c.log_margins), sync_profile=bool(c.sync_profile), memory_report=bool(c.memory_report),

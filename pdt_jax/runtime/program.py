@@ -69,6 +69,7 @@ class RoundStatic:
     greedy: bool = False                     # temperature == 0: argmax, no sampling branch in the scan
     freeze: bool = True                      # some consumer may read a frozen window (cf["frozen"] used)
     ablate: bool = True                      # some consumer's window is ablated (cf["ablate"] used)
+    ablate_keep_seed: bool = False           # ... of its published notes only (snapshot 0 stays)
     unroll: int = 1                          # lax.scan unroll of the τ decode steps
 
 
@@ -103,7 +104,7 @@ def _window(bus, static: RoundStatic, window_round, lag, cf, key):
     for a, b in static.swap:
         w = bus_lib.swap_producers(w, a, b)
     if static.ablate:
-        w = bus_lib.ablate(w, cf["ablate"])
+        w = bus_lib.ablate(w, cf["ablate"], keep_seed=static.ablate_keep_seed)
     N = cfg.sidecar.notes_dim
     return w, w.notes.reshape(P * K, -1, N), w.mask.reshape(P * K, -1), pdt.window_entries(w, K)
 
