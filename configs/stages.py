@@ -10,7 +10,8 @@
 Variants: default = GPT-OSS-20B trunk on an 8-GPU FSDP mesh at sequence 2048 (``trunk_checkpoint`` and
 ``data.export_dir`` must be set); ``small`` = the 4-layer benchmark trunk; ``tiny`` = the 2-layer
 test trunk, which builds the tiny synthetic dataset and a random trunk under ``runs/`` when they are
-absent, so ``python launch/train.py --config=configs/stage2.py:tiny --workdir=runs/try`` runs on a
+absent; ``demo`` = the 2-layer trunk of ``make demo`` pretrained on the coordination task
+(configs/pretrain_tiny.py) and its dataset, so ``python launch/train.py --config=configs/stage2.py:tiny --workdir=runs/try`` runs on a
 fresh clone. A stage is data: every field below can be overridden (``--config.train.steps=20``,
 ``--config.stage.losses.kd=0``, ``--config.stage.forward.form=exact``).
 """
@@ -65,14 +66,14 @@ def stage_block(index: int) -> ConfigDict:
         # Where the parameters start: 'fresh' (a new sidecar), or a directory — a previous stage's
         # workdir (its final checkpoint) or an exported PDT checkpoint (sidecar.safetensors). Stages
         # after the first must say.
-        init_from="fresh" if index == 0 else None,
+        init_from="fresh" if index == 0 else "",
     ))
 
 
 def get_config(index: int, arg: str | None = None) -> ConfigDict:
     variant = arg or ""
-    if variant not in ("", "20b", "small", "tiny"):
-        raise ValueError(f"configs/stage{index}.py: unknown variant {arg!r}; valid: '', 'small', 'tiny'")
+    if variant not in ("", "20b", "small", "tiny", "demo"):
+        raise ValueError(f"configs/stage{index}.py: unknown variant {arg!r}; valid: '', 'small', 'tiny', 'demo'")
     c = ConfigDict()
     c.variant = variant or "20b"
     c.model = model_configs.get_config(variant)
@@ -121,8 +122,25 @@ def get_config(index: int, arg: str | None = None) -> ConfigDict:
         c.data.kd_context = 0
         c.train.update(dict(steps=40, batch_size=2, grad_accum=1, lr=3e-3, warmup_steps=4, log_every=5,
                             eval_every=20, eval_batches=2, checkpoint_every=10, keep_checkpoints=2))
+    if variant == "demo":
+        demo_data(c)
+        c.trunk_checkpoint = "runs/demo/pretrain/export/trunk"   # configs/pretrain_tiny.py's export
+        c.train.update(dict(steps=150, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=10, log_every=10,
+                            eval_every=1000, eval_batches=2, checkpoint_every=50, keep_checkpoints=1))
     c.stage = variant_stage(c.stage, variant)
     return c
+
+
+def demo_data(c: ConfigDict) -> None:
+    """The coordination task's dataset (configs/data/coordination.py), built when absent."""
+    c.build_missing = True
+    c.build_trunk = False            # the trunk comes from pretraining, never a random one
+    c.data.export_dir = "runs/demo/data/export"
+    c.data.pipeline_config = "configs/data/coordination.py"
+    c.data.pipeline_documents = 0
+    c.data.teacher_notes_cache = "runs/demo/teacher_notes"
+    c.data.buckets = (104, 208)
+    c.data.kd_context = 0
 
 
 def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
@@ -130,7 +148,7 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
     fights the LM loss (measured on the tiny curriculum: KD rose 5–44% per stage while LM CE fell)
     — so tiny stages train without KD (small and 20B keep it: their trunk is a language model), and
     every tiny stage may start from a fresh sidecar."""
-    if variant in ("tiny", "small") and stage.index >= 2:
+    if variant in ("tiny", "small", "demo") and stage.index >= 2:
         # Streams reading each other's notes train on exactly what inference computes. The passes
         # form drifts after round n·(Δ + 1) − 1: with the tiny curriculum's trained sidecars, two
         # passes disagree with inference by up to 1.7 logits (argmax agreement 46–67% after the
@@ -142,6 +160,15 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
         stage.losses.kd = 0.0
         if stage.index > 0:
             stage.init_from = "fresh"
+    if variant == "demo":
+        # The demo's trunk is a language model of the task (pretrained), but KD from it would teach
+        # a stream to guess what it cannot see; the curriculum runs without it. Once streams read
+        # each other's notes (stage 2), the notes head mostly learns from what the readers need
+        # (the LM loss through the bus): the teacher's mean-pooled note vectors hardly carry the
+        # one token a sibling must reuse.
+        stage.losses.kd = 0.0
+        if stage.index >= 2:
+            stage.losses.notes = 0.1
     if variant in ("", "20b"):
         # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
         # the backward pass, attention and SNC 512 queries at a time (bench/memory_plan.py).

@@ -73,6 +73,8 @@ class Tokenizer:
         elif checkpoint and any(os.path.isfile(os.path.join(checkpoint, *p))
                                 for p in (("tokenizer.json",), ("tokenizer", "tokenizer.json"))):
             tokenizer = cls.from_file(checkpoint)
+        elif checkpoint and os.path.isfile(os.path.join(checkpoint, "trunk", "tokenizer.json")):
+            tokenizer = cls.from_file(os.path.join(checkpoint, "trunk"))   # a PDT checkpoint: trunk/ + sidecar
         elif vocab_size == cls.tiny().vocab_size:
             tokenizer = cls.tiny()
         else:

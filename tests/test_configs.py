@@ -7,7 +7,7 @@ from pdt_jax.sidecar import SidecarConfig
 from pdt_jax.trunk import ConfigError, TrunkConfig
 
 
-@pytest.mark.parametrize("variant", ["", "small", "tiny"])
+@pytest.mark.parametrize("variant", ["", "small", "tiny", "demo"])
 def test_pdt_config_variants_load(variant):
     cfg = config_files.pdt_config(config_files.load(f"configs/model/pdt.py:{variant}"))
     layers = cfg.sidecar.layers_for(cfg.trunk)

@@ -3,7 +3,8 @@
     python bench/trunk_decode.py --config=configs/model/gpt_oss_20b.py:small
 
 Variants (``get_config(arg)``): default = GPT-OSS-20B; ``small`` = 4 layers × 256 hidden, 8 experts
-(the decode benchmark); ``tiny`` = 2 layers × 64 hidden (unit tests, the demo).
+(the decode benchmark); ``tiny`` = 2 layers × 64 hidden (unit tests); ``demo`` = 2 layers × 128
+hidden (make demo).
 """
 from ml_collections import ConfigDict
 
@@ -29,6 +30,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "tiny":
         cfg.update(num_layers=2, hidden_size=64, intermediate_size=64, num_heads=4, num_kv_heads=2,
                    head_dim=16, num_experts=4, experts_per_token=2, sliding_window=16, **tiny_vocab)
+    elif arg == "demo":
+        # make demo: 2 layers (sliding window, then full attention) × 128 hidden, pretrained on the
+        # coordination task with its own 512-id BPE (configs/pretrain_tiny.py).
+        cfg.update(num_layers=2, hidden_size=128, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                   head_dim=32, num_experts=4, experts_per_token=2, sliding_window=32, **tiny_vocab)
     else:
-        raise ValueError(f"configs/model/gpt_oss_20b.py: unknown variant {arg!r}; valid: '', 'small', 'tiny'")
+        raise ValueError(f"configs/model/gpt_oss_20b.py: unknown variant {arg!r}; valid: '', 'small', 'tiny', 'demo'")
     return cfg

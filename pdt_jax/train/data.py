@@ -46,6 +46,9 @@ class RowSpec:
     kd_context: int = 0                 # document tokens before the target the KD teacher reads (0 = no KD rows)
     stream_prefixes: tuple[tuple[str, str], ...] = ()
     system: str | None = None
+    # Trunk pretraining reads each section after the ones before it (the KD row): only the last
+    # stream's EOS ends the article; the others' would teach the trunk to stop after any section.
+    final_eos_only: bool = False
 
     @property
     def max_len(self) -> int:
@@ -85,7 +88,7 @@ class Featurizer:
                 ids, offs, truncated = ids[:room], offs[:room], truncated + 1
             label = np.array([any(a < e and s < b for a, b in record["label_spans"][k]) for s, e in offs])
             if offs and offs[-1][0] == len(text):
-                label[-1] = True   # the EOS
+                label[-1] = not sp.final_eos_only or k == K - 1   # the EOS
             rows.append(prompt + ids)
             spans.append([tuple(o) for o in offs])
             starts.append(len(prompt))

@@ -91,6 +91,16 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
             raise ConfigError(f"train.{field}: must be >= 1, found {tr[field]}")
     if float(st.losses.kd) > 0 and int(config.data.kd_context) <= 0:
         raise ConfigError("stage.losses.kd > 0 needs data.kd_context > 0 (the teacher's document tokens)")
+    if form == "document":
+        if int(config.data.kd_context) <= 0:
+            raise ConfigError("stage.forward.form 'document' reads the article before each section: it needs "
+                              "data.kd_context > 0")
+        others = [k for k, v in st.losses.items() if float(v) > 0 and k != "lm"]
+        if others:
+            raise ConfigError(f"stage.losses: the 'document' form (trunk pretraining) trains the LM loss only; "
+                              f"found {others}")
+        if not any(str(r).startswith("trunk/") for r in st.trainable):
+            raise ConfigError("stage.trainable: the 'document' form trains the trunk; give trunk/.*")
     buckets = tuple(int(b) for b in config.data.buckets)
     if not buckets or list(buckets) != sorted(set(buckets)):
         raise ConfigError(f"data.buckets: increasing row lengths, found {list(config.data.buckets)}")
@@ -108,6 +118,12 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
         if name not in cfg.sidecar.stream_names:
             raise ConfigError(f"data.stream_prefixes: unknown stream {name!r}; streams: {list(cfg.sidecar.stream_names)}")
     return cfg
+
+
+def uses_document_rows(st) -> bool:
+    """The KD rows (prompt + the article up to and including the section) are built for KD and for
+    trunk pretraining."""
+    return float(st.losses.kd) > 0 or st.forward.form == "document"
 
 
 def needs_teacher_notes(config) -> bool:
@@ -133,17 +149,28 @@ def _path(p: str) -> Path:
 
 
 def build_missing(config, cfg: pdt.PDTConfig, log) -> None:
-    """Tiny variants: the synthetic dataset and a random trunk, when absent."""
+    """Tiny variants: the synthetic dataset and a random trunk, when absent (with
+    ``build_tokenizer``, the trunk gets a byte-level BPE of its vocabulary size trained on the
+    dataset's training split, saved as its tokenizer.json)."""
+    build_missing_data(config, cfg, log)
     from pdt_jax.trunk.checkpoint import save_converted
     from pdt_jax.trunk.params import init_trunk
 
     trunk_dir = _path(config.trunk_checkpoint)
-    if not trunk_dir.exists():
+    if not trunk_dir.exists() and config.get("build_trunk", True):
         print(f"train: building a random {cfg.trunk.num_layers}-layer trunk at {trunk_dir}", file=log)
         params = init_trunk(cfg.trunk, jax.random.key(int(config.train.seed)), 0.1)
         tmp = trunk_dir.with_name(trunk_dir.name + ".tmp")
         save_converted(str(tmp), cfg.trunk, params)
+        if config.get("build_tokenizer", False):
+            from pdt_jax.tokenizer import train_tiny
+            rows = R.read_records(str(_path(config.data.export_dir) / "train.parquet")).to_pylist()
+            texts = [r["prompt"] for r in rows] + [r["document_text"] for r in rows]
+            train_tiny(texts, cfg.trunk.vocab_size).save(str(tmp / "tokenizer.json"))
         os.replace(tmp, trunk_dir)
+
+
+def build_missing_data(config, cfg: pdt.PDTConfig, log) -> None:
     export = _path(config.data.export_dir)
     if not (export / "metadata.json").exists():
         from data_pipeline import pipeline
@@ -250,9 +277,9 @@ def run_stage(config: ConfigDict, workdir: str | Path, log=sys.stderr, stop_afte
     st, tr = config.stage, config.train
     spec = data.RowSpec(num_streams=cfg.K, block_size=sc.block_size, lag=sc.lag, plan_slots=sc.planner_slots,
                         notes_dim=sc.notes_dim, buckets=tuple(int(b) for b in config.data.buckets),
-                        kd_context=int(config.data.kd_context) if float(st.losses.kd) > 0 else 0,
+                        kd_context=int(config.data.kd_context) if uses_document_rows(st) else 0,
                         stream_prefixes=tuple(sorted(dict(config.data.stream_prefixes).items())),
-                        system=config.data.system or None)
+                        system=config.data.system or None, final_eos_only=st.forward.form == "document")
     feat = lambda split: data.Featurizer(spec, tokenizer, None if notes is None else notes[split])
     train_ds = data.dataset(export / "train.parquet", feat("train"), spec, int(tr.batch_size), int(tr.grad_accum),
                             seed=int(config.data.seed), max_records=int(config.data.max_records))
@@ -368,12 +395,35 @@ def _train(config, cfg, mesh, st, tr, state, steps, ckpt, it, meta, tb, history,
         gamma = calibration["agreement_threshold"] if float(st.losses.readiness) > 0 else None
         export_dir = workdir / "export"
         checkpointing.export_sidecar(export_dir, state.params, cfg, gamma)
-        _link_trunk(export_dir, _path(config.trunk_checkpoint))
+        if any(p.startswith("trunk/") for p in steps.static.chosen):
+            _export_trunk(export_dir, state.params["trunk"], cfg, tokenizer)
+        else:
+            _link_trunk(export_dir, _path(config.trunk_checkpoint))
         record.update(end_step=step, steps=step - start, duration=time.perf_counter() - t_stage,
                       completed_at=time.time(), validation=scalars)
         write_telemetry(workdir, stages_file, config, cfg, record, history, calibration, export, step, state)
         result.update(validation=scalars, gamma=gamma, export=str(export_dir))
     return result
+
+
+def _export_trunk(export_dir: Path, trunk, cfg: pdt.PDTConfig, tokenizer) -> None:
+    """A stage that trained the trunk exports it in the converted trunk format (with its
+    tokenizer), written to a temporary directory and renamed: ``<export>/trunk`` is then a trunk
+    checkpoint for ``trunk_checkpoint`` and ``launch/infer.py --checkpoint``."""
+    import shutil
+
+    from pdt_jax.trunk.checkpoint import save_converted
+
+    out = export_dir / "trunk"
+    tmp = export_dir / "trunk.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_converted(str(tmp), cfg.trunk, jax.device_get(trunk))
+    tokenizer.hf.save(str(tmp / "tokenizer.json"))
+    if out.is_symlink() or out.is_file():
+        out.unlink()
+    elif out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def _link_trunk(export_dir: Path, trunk_dir: Path):

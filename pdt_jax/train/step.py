@@ -27,7 +27,10 @@ from pdt_jax.train import losses
 from pdt_jax.train import state as state_lib
 from pdt_jax.trunk import model as trunk_model
 
-FORMS = ("teacher", "passes", "exact")
+# document: trunk pretraining (configs/pretrain_tiny.py) — the trunk alone reads each row's KD row
+# (prompt + the document before the stream's section + the section), i.e. the whole article in
+# order, and the LM loss scores the section's tokens; the sidecar does not run.
+FORMS = ("teacher", "passes", "exact", "document")
 # Sentinels of ``first_bad`` beyond the loss terms' indices.
 BAD_GRAD = len(losses.TERMS)
 
@@ -67,6 +70,8 @@ def model_forward(static: StepStatic, params, batch, rng):
     """The stage's forward over one micro-batch (``batch`` leaves [P, ...])."""
     cfg, side, trunk = static.cfg, params["sidecar"], params["trunk"]
     memory = dict(remat=static.remat, q_chunk=static.q_chunk or None)
+    if static.form == "document":
+        return {"hidden": document_hidden(static, trunk, batch)}
     if static.form == "teacher":
         return pdt.forward_train(trunk, side, batch, cfg=cfg, gate=static.gate, pass_a="teacher", passes=1,
                                  moe_impl=static.moe_impl, **memory)
@@ -94,16 +99,21 @@ def regularisers(static: StepStatic, batch, rng) -> dict:
     return b
 
 
-def kd_teacher_hidden(static: StepStatic, trunk, batch):
-    """The frozen trunk (no sidecar) over the KD rows, its final hidden states gathered at the
-    student's positions: [B, T, D] (the losses unembed them chunk by chunk)."""
+def document_hidden(static: StepStatic, trunk, batch):
+    """The trunk (no sidecar) over the KD rows, its final hidden states gathered at the student's
+    positions: [B, T, D] (the losses unembed them chunk by chunk). Position t of a student row
+    predicts the same next token as its KD-row position, so the student's LM targets score it."""
     tok, lens = batch["kd_tokens"], batch["kd_lengths"]
     P, K, Tk = tok.shape
     hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * K, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
-                                    moe_impl=static.moe_impl, q_chunk=static.q_chunk or None)
+                                    moe_impl=static.moe_impl, remat=static.remat, q_chunk=static.q_chunk or None)
     idx = batch["kd_index"].reshape(P * K, -1)
-    picked = jnp.take_along_axis(hidden, jnp.clip(idx, 0, Tk - 1)[:, :, None], axis=1)
-    return jax.lax.stop_gradient(picked)
+    return jnp.take_along_axis(hidden, jnp.clip(idx, 0, Tk - 1)[:, :, None], axis=1)
+
+
+def kd_teacher_hidden(static: StepStatic, trunk, batch):
+    """The frozen trunk as the KD teacher (D7): ``document_hidden`` without gradients."""
+    return jax.lax.stop_gradient(document_hidden(static, trunk, batch))
 
 
 def loss_fn(trainable, params, batch, rng, static: StepStatic):
@@ -175,6 +185,8 @@ def eval_step(static: StepStatic, params, batch):
     """Loss terms and what the validation metrics need, on one micro-batch (leaves [P, ...])."""
     program.TRACE_COUNTS["eval_step"] += 1
     total, (terms, out) = loss_fn(state_lib.select(params, static.chosen), params, batch, jax.random.key(0), static)
+    if static.form == "document":   # the trunk alone: no readiness or coverage to validate
+        return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()}}
     mask = batch["block_mask"] & out["block_present"]
     cov_mask = mask[..., None] & batch["coverage_item_mask"][:, None, None, :]
     return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},

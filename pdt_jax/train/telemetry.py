@@ -122,6 +122,8 @@ def validation_metrics(evals: list[dict], coverage_threshold: float = 0.5) -> tu
     for k in evals[0]:
         if k == "loss" or k.startswith("loss/"):
             out[k] = float(np.mean([e[k] for e in evals]))
+    if "readiness_mask" not in evals[0]:   # trunk pretraining: losses only
+        return out, calibrate_gamma(np.zeros(0), np.zeros(0, bool))
     rm = np.concatenate([np.asarray(e["readiness_mask"]).reshape(-1) for e in evals])
     rp = np.concatenate([np.asarray(e["readiness_prob"]).reshape(-1) for e in evals])[rm]
     rl = np.concatenate([np.asarray(e["readiness_label"]).reshape(-1) for e in evals])[rm]

@@ -276,6 +276,12 @@ def test_sharded_steps_on_eight_devices_equal_one_device(run):
     (["--config.model.sidecar.plan_vocab_size=2048"], "plan hashing"),
     (["--config.stage.forward.form=teacher", "--config.stage.bus_mix=0.5"], "stage.bus_mix"),
     (["--config.stage.forward.q_chunk=-1"], "stage.forward.q_chunk"),
+    # trunk pretraining (the 'document' form) needs the article rows, trains the LM loss only, and the trunk
+    (["--config.stage.forward.form=document"], "data.kd_context"),
+    (["--config.stage.forward.form=document", "--config.data.kd_context=64"], "LM loss only"),
+    (["--config.stage.forward.form=document", "--config.data.kd_context=64", "--config.stage.losses.coverage=0",
+      "--config.stage.losses.readiness=0", "--config.stage.losses.spec=0", "--config.stage.losses.notes=0",
+      "--config.stage.losses.planner=0", "--config.stage.losses.stream=0"], "trains the trunk"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(run, extra, message, tmp_path):
     tmp = run[0]
@@ -293,6 +299,9 @@ def test_unknown_fields_and_a_missing_init_from_are_refused():
     config = config_files.load("configs/stage2.py")   # production: stage 2 must name its start
     with pytest.raises(ConfigError, match="stage.init_from"):
         loop.check(config, num_devices=8)
+    # ... and can, from the command line (the field is a string, so config_flags can override it)
+    named = config_files.load("configs/stage2.py", [f"--config.stage.init_from={ROOT}"])
+    assert named.stage.init_from == str(ROOT)
 
 
 def test_the_20b_stages_run_remat_and_query_chunks_alone_or_in_the_curriculum():
