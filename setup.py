@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "jsonschema>=4.20",
     "tqdm>=4.66",
     "absl-py>=2.1",
+    "matplotlib>=3.10,<3.12",   # make demo's report plots
 ]
 
 EXTRAS = {
