@@ -10,9 +10,9 @@
 Variants: default = GPT-OSS-20B trunk on an 8-GPU FSDP mesh at sequence 2048 (``trunk_checkpoint`` and
 ``data.export_dir`` must be set); ``small`` = the 4-layer benchmark trunk; ``tiny`` = the 2-layer
 test trunk, which builds the tiny synthetic dataset and a random trunk under ``runs/`` when they are
-absent; ``demo`` = the 2-layer trunk of ``make demo`` pretrained on the coordination task
-(configs/pretrain_tiny.py) and its dataset, so ``python launch/train.py --config=configs/stage2.py:tiny --workdir=runs/try`` runs on a
-fresh clone. A stage is data: every field below can be overridden (``--config.train.steps=20``,
+absent, so ``python launch/train.py --config=configs/stage2.py:tiny --workdir=runs/try`` runs on a
+fresh clone; ``demo`` = the 2-layer trunk of ``make demo`` pretrained on the coordination task
+(configs/pretrain_tiny.py) and its dataset. A stage is data: every field below can be overridden (``--config.train.steps=20``,
 ``--config.stage.losses.kd=0``, ``--config.stage.forward.form=exact``).
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def demo_data(c: ConfigDict) -> None:
     c.build_trunk = False            # the trunk comes from pretraining, never a random one
     c.data.export_dir = "runs/demo/data/export"
     c.data.pipeline_config = "configs/data/coordination.py"
-    c.data.pipeline_documents = 0
+    c.data.pipeline_documents = 600   # as configs/demo.py builds it
     c.data.teacher_notes_cache = "runs/demo/teacher_notes"
     c.data.buckets = (104, 208)
     c.data.kd_context = 0

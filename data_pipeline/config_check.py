@@ -79,6 +79,8 @@ def validate(config) -> None:
     need(config.teacher.kind in ("procedural", "openai"), "teacher.kind", "'procedural' or 'openai'")
     need(config.source.kind in ("synthetic", "coordination", "files"), "source.kind",
          "'synthetic', 'coordination' or 'files'")
+    if config.source.kind == "coordination":
+        need(int(config.num_streams) == 3, "num_streams", "3 for source.kind 'coordination' (one stream per part)")
     if config.source.kind in ("synthetic", "coordination"):
         positive_int("source.num_documents")
     else:

@@ -50,6 +50,38 @@ def say(msg: str) -> None:
     print(f"demo: {msg}", file=sys.stderr, flush=True)
 
 
+# The fields that decide what runs/ holds; out, progress and the inference fields may change freely.
+BUILD_FIELDS = ("seed", "documents", "pretrain_steps", "pretrain_batch", "stage_steps", "stage_batch", "lr")
+
+
+def check_config(c) -> None:
+    """Bad demo fields fail before anything runs, naming the field."""
+    if len(tuple(c.stage_steps)) != 4 or any(int(s) < 1 for s in c.stage_steps):
+        raise ValueError(f"config field 'stage_steps': four step counts >= 1 (stages 0-3), found {tuple(c.stage_steps)}")
+    for field in ("documents", "pretrain_steps", "pretrain_batch", "stage_batch", "prompts", "max_new_tokens"):
+        if int(c[field]) < 1:
+            raise ValueError(f"config field {field!r}: must be >= 1, found {c[field]}")
+
+
+def claim_runs_dir(c) -> None:
+    """``<runs>/demo_config.json`` records the fields that built the directory: a rerun with other
+    ones would mix steps trained under different settings, so it is refused, naming the fields."""
+    runs = Path(c.runs)
+    want = {k: (list(c[k]) if k == "stage_steps" else c[k]) for k in BUILD_FIELDS}
+    stamp = runs / "demo_config.json"
+    if stamp.exists():
+        have = json.loads(stamp.read_text())
+        changed = sorted(k for k in BUILD_FIELDS if have.get(k) != want[k])
+        if changed:
+            raise ValueError(f"{runs} was built with other demo settings ({', '.join(f'{k}: {have.get(k)} -> {want[k]}' for k in changed)}); "
+                             f"use another --config.runs=DIR or delete {runs}")
+        return
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(want, indent=1))
+    os.replace(tmp, stamp)
+
+
 def _finished(workdir: Path, steps: int) -> bool:
     report = workdir / "training_report.json"
     return report.exists() and json.loads(report.read_text()).get("global_step") == steps
@@ -109,24 +141,35 @@ def held_out_prompts(c, out: Path) -> Path:
 def infer_all(c, checkpoint: Path, prompts: Path, out: Path) -> dict[str, Path]:
     from pdt_jax.runtime.cli import main as infer
     default_infer = os.path.join(ROOT, "configs", "infer.py")
+    import hashlib
+    import shutil
+
     dirs = {}
     for name, flags_ in SETTINGS.items():
         d = out / "manifests" / name
         dirs[name] = d
         n = int(c.max_new_tokens) * (3 if name == "sequential" else 1)
+        tmp_dir = d.with_name(d.name + ".tmp")
         argv = ["infer", "--config=configs/model/pdt.py:demo", "--checkpoint", str(checkpoint), "--prompts-file",
-                str(prompts), "--output", str(d), "--max-new-tokens", str(n), "--temperature", "0", *flags_]
-        if d.exists() and len(list(d.glob("manifest-*.json"))) == int(c.prompts):
+                str(prompts), "--output", str(tmp_dir), "--max-new-tokens", str(n), "--temperature", "0", *flags_]
+        # What the manifests answer: these flags, these prompts, this checkpoint's sidecar.
+        stamp = {"argv": argv[1:], "prompts": hashlib.sha256(prompts.read_bytes()).hexdigest(),
+                 "sidecar": hashlib.sha256((checkpoint / "sidecar.safetensors").read_bytes()).hexdigest()}
+        if (d / "settings.stamp").exists() and json.loads((d / "settings.stamp").read_text()) == stamp:
             continue
         say(f"[4/5] inference, {name}: {' '.join(flags_) or '(PDT as trained)'}")
         t0 = time.perf_counter()
         # The first run compiles (kept in this process's cache) and is discarded: the manifests'
         # timings, and so tokens/s, are the compiled program's.
         warm = argv[:argv.index("--output") + 1] + [str(out / "manifests" / ".warmup" / name)] + argv[argv.index("--output") + 2:]
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         for args in (warm, argv):
             rc = infer(args, default_infer)
             if rc != 0:
                 raise RuntimeError(f"inference setting {name!r} failed (exit status {rc}): {' '.join(args)}")
+        (tmp_dir / "settings.stamp").write_text(json.dumps(stamp, indent=1))
+        shutil.rmtree(d, ignore_errors=True)   # a directory of one run only, swapped in whole
+        os.replace(tmp_dir, d)
         say(f"    {name}: {time.perf_counter() - t0:.1f} s")
     return dirs
 
@@ -235,6 +278,8 @@ def report(c, result: dict, files: dict, out: Path, timings: dict) -> dict:
 
 
 def run(c) -> dict:
+    check_config(c)
+    claim_runs_dir(c)
     t0 = time.perf_counter()
     out = Path(c.out)
     timings = {}
@@ -261,7 +306,11 @@ def main(argv):
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     os.chdir(ROOT)
-    run(FLAGS.config)
+    try:
+        run(FLAGS.config)
+    except ValueError as e:   # bad settings or inputs: one clear line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

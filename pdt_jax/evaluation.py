@@ -262,17 +262,22 @@ def load_truth(path: str) -> dict:
     for field, kind in (("headings", list), ("pools", dict), ("phrases", dict), ("shared", dict), ("documents", dict)):
         if not isinstance(truth.get(field), kind):
             raise EvaluationError(f"{path}: field {field!r} missing or not a {kind.__name__}")
+    if not all(isinstance(truth["pools"].get(a), list) for a in truth["shared"]):
+        raise EvaluationError(f"{path}: field 'pools': a list of values for each shared fact {sorted(truth['shared'])}")
     for attr, spec in truth["shared"].items():
         ok = (attr in truth["pools"] and isinstance(spec, dict) and isinstance(spec.get("intro"), list)
               and isinstance(spec.get("reused_by"), list)
-              and all(isinstance(x, list) and len(x) == 2 and x[1] in truth["phrases"]
-                      and 0 <= x[0] < len(truth["headings"]) for x in [spec["intro"], *spec["reused_by"]]))
+              and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+                      and x[1] in truth["phrases"] and 0 <= x[0] < len(truth["headings"])
+                      for x in [spec["intro"], *spec["reused_by"]]))
         if not ok:
             raise EvaluationError(f"{path}: field 'shared.{attr}' needs a pool and 'intro' / 'reused_by' as "
                                   f"[part, predicate] pairs")
     for doc_id, d in truth["documents"].items():
         if not isinstance(d, dict) or not isinstance(d.get("title"), str) or not isinstance(d.get("parts"), list) \
-                or len(d["parts"]) != len(truth["headings"]):
+                or len(d["parts"]) != len(truth["headings"]) \
+                or not all(isinstance(p, list) and all(k in truth["phrases"] for k in p if isinstance(k, str))
+                           and all(isinstance(k, str) for k in p) for p in d["parts"]):
             raise EvaluationError(f"{path}: field 'documents.{doc_id}' needs a title and one key list per heading")
     return truth
 
@@ -293,7 +298,7 @@ def answer_parts(m: dict, headings: Sequence[str]) -> list[str]:
         if s is None:
             parts.append("")
             continue
-        later = [t for t in starts[i + 1:] if t is not None and t > s]
+        later = [t for t in starts if t is not None and t > s]   # the next heading in the text, any part
         parts.append(text[s:min(later) if later else len(text)])
     return parts
 
@@ -366,7 +371,7 @@ def score(items: Sequence[tuple[str, dict]], truth: dict) -> dict:
     for path, m in items:
         total.update(score_answer(m, truth, path))
     p, r = _ratio(total["tp"], total["tp"] + total["fp"]), _ratio(total["tp"], total["tp"] + total["fn"])
-    f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+    f1 = 2 * p * r / (p + r) if p and r else (0.0 if r is not None else None)
     return {"answers": len(items), "slots": total["slots"], "consistency": _ratio(total["consistent"], total["slots"]),
             "contradictions": _ratio(total["contradicted"], total["slots"]),
             "missing": _ratio(total["missing"], total["slots"]),

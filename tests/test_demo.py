@@ -64,8 +64,12 @@ def test_reduced_demo_writes_every_artefact(tmp_path):
     for png in ("training_curves.png", "timeline.png"):
         data = (out / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-    # A rerun finds everything done and only rewrites the report.
+    # A rerun finds everything done and only rewrites the report; other build settings on the same
+    # runs directory are refused, naming them.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[2/5] trunk pretraining" not in again.stderr and "[4/5] inference" not in again.stderr
+    other = subprocess.run(cmd + ["--config.seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert other.returncode != 0 and "seed: 0 -> 1" in other.stderr

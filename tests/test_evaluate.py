@@ -193,6 +193,12 @@ def test_score_counts_are_the_hand_computed_ones():
     assert total["coverage_f1"] == pytest.approx(2 * p * r / (p + r))
 
 
+def test_sequential_parts_are_cut_at_the_next_heading_in_the_text():
+    m = answer("Velmora", [VELMORA[1], VELMORA[0], VELMORA[2]], sequential=True)   # Trade written first
+    parts = ev.answer_parts(m, ["Founding", "Trade", "Legacy"])
+    assert parts == [VELMORA[0], VELMORA[1], VELMORA[2]]
+
+
 def test_score_refuses_what_it_cannot_score(tmp_path):
     truth = coordination_truth()
     with pytest.raises(ev.EvaluationError, match="names no document"):
