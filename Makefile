@@ -15,9 +15,10 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 # Two workers (the CI host has two cores; compiling dominates the suite), a test file per worker so a
-# module's fixtures are built once.
+# module's fixtures are built once, handed out in collection order (tests/conftest.py puts the two
+# longest files first; xdist's default reorder by test count would start the one-test demo last).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The standing experiment (README "Quick start"): dataset -> trunk pretraining -> stages 0-3 ->
 # parallel inference in five settings -> experiments/demo/report.md. Resumes where it stopped.

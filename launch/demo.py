@@ -51,11 +51,13 @@ def say(msg: str) -> None:
 
 
 # The fields that decide what runs/ holds; out, progress and the inference fields may change freely.
-BUILD_FIELDS = ("seed", "documents", "pretrain_steps", "pretrain_batch", "stage_steps", "stage_batch", "lr")
+BUILD_FIELDS = ("seed", "documents", "pretrain_steps", "pretrain_batch", "stage_steps", "stage_batch", "lr", "stage_forms")
 
 
 def check_config(c) -> None:
     """Bad demo fields fail before anything runs, naming the field."""
+    if len(tuple(c.stage_forms)) not in (0, 4):
+        raise ValueError(f"config field 'stage_forms': empty or four forms ('' keeps a stage's), found {tuple(c.stage_forms)}")
     if len(tuple(c.stage_steps)) != 4 or any(int(s) < 1 for s in c.stage_steps):
         raise ValueError(f"config field 'stage_steps': four step counts >= 1 (stages 0-3), found {tuple(c.stage_steps)}")
     for field in ("documents", "pretrain_steps", "pretrain_batch", "stage_batch", "prompts", "max_new_tokens"):
@@ -67,7 +69,7 @@ def claim_runs_dir(c) -> None:
     """``<runs>/demo_config.json`` records the fields that built the directory: a rerun with other
     ones would mix steps trained under different settings, so it is refused, naming the fields."""
     runs = Path(c.runs)
-    want = {k: (list(c[k]) if k == "stage_steps" else c[k]) for k in BUILD_FIELDS}
+    want = {k: (list(c[k]) if k in ("stage_steps", "stage_forms") else c[k]) for k in BUILD_FIELDS}
     stamp = runs / "demo_config.json"
     if stamp.exists():
         have = json.loads(stamp.read_text())
@@ -115,6 +117,8 @@ def train_all(c, log=sys.stderr) -> dict[str, Path]:
         sc.train.update(steps=int(steps), batch_size=int(c.stage_batch), seed=int(c.seed), progress=bool(c.progress),
                         lr=float(c.lr), warmup_steps=max(1, int(steps) // 10), checkpoint_every=max(1, int(steps) // 2))
         sc.stage.init_from = str(previous) if previous is not None else "fresh"
+        if i < len(c.stage_forms) and c.stage_forms[i]:
+            sc.stage.forward.form = str(c.stage_forms[i])
         work = runs / f"stage{i}_{sc.stage.name}"
         dirs[f"stage{i}"] = work
         if not _finished(work, int(steps)):
@@ -163,7 +167,7 @@ def infer_all(c, checkpoint: Path, prompts: Path, out: Path) -> dict[str, Path]:
         # timings, and so tokens/s, are the compiled program's.
         warm = argv[:argv.index("--output") + 1] + [str(out / "manifests" / ".warmup" / name)] + argv[argv.index("--output") + 2:]
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        for args in (warm, argv):
+        for args in ((warm, argv) if c.warmup else (argv,)):
             rc = infer(args, default_infer)
             if rc != 0:
                 raise RuntimeError(f"inference setting {name!r} failed (exit status {rc}): {' '.join(args)}")

@@ -19,4 +19,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import jax  # noqa: E402
 
+# The longest test files start first, one per worker (pytest-xdist --dist loadfile hands out files
+# in collection order): started last, either would run alone at the end of the suite.
+_FIRST = ("tests/train/test_training.py", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = lambda item: next((i for i, f in enumerate(_FIRST) if item.nodeid.startswith(f)), len(_FIRST))
+    items.sort(key=rank)   # stable: the order within a file, and of the other files, is kept
+
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,12 +65,24 @@ def test_reduced_demo_writes_every_artefact(tmp_path):
     for png in ("training_curves.png", "timeline.png"):
         data = (out / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-    # A rerun finds everything done and only rewrites the report; other build settings on the same
-    # runs directory are refused, naming them.
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "[2/5] trunk pretraining" not in again.stderr and "[4/5] inference" not in again.stderr
-    other = subprocess.run(cmd + ["--config.seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert other.returncode != 0 and "seed: 0 -> 1" in other.stderr
+    # A rerun (in this process: no second start-up) finds every step done and only rewrites the
+    # report; other build settings on the same runs directory are refused, naming them.
+    import contextlib
+    import io
+
+    from configs import demo as demo_config
+    from launch import demo
+    c = demo_config.get_config("reduced")
+    c.update(out=str(out), runs=str(runs), progress=False)
+    cwd, err = os.getcwd(), io.StringIO()
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            again = demo.run(c)
+        c.seed = 1
+        with pytest.raises(ValueError, match="seed: 0 -> 1"):
+            demo.run(c)
+    finally:
+        os.chdir(cwd)
+    assert "[2/5] trunk pretraining" not in err.getvalue() and "[4/5] inference" not in err.getvalue()
+    assert again["consistency"] == report["consistency"]
