@@ -1,13 +1,16 @@
 """``make demo``: a tiny PDT that learns to coordinate, end to end (launch/demo.py).
 
-    python launch/demo.py --config=configs/demo.py [--config.stage_steps='(40, 60, 160, 30)']
+    python launch/demo.py --config=configs/demo.py
+    python launch/demo.py --config=configs/demo.py --config.runs=runs/demo_long \
+        --config.out=experiments/demo_long --config.stage_steps='(30, 80, 450, 20)'
     python launch/demo.py --config=configs/demo.py:reduced     # minutes: every artefact, little training
 
 Dataset (configs/data/coordination.py) → trunk pretraining (configs/pretrain_tiny.py) → stages
 0–3 (configs/stage<i>.py:demo) → parallel inference on held-out prompts in five settings (bus,
 ablated, ablated_all, gate0, sequential) → ``score`` and ``analyze`` → ``<out>/report.md`` and
 ``report.json``. Every step resumes: a finished step is skipped, a killed one continues from its
-last checkpoint.
+last checkpoint. ``runs`` remembers the settings that built it (``runs/demo_config.json``): other
+seeds, sizes or step counts need another ``--config.runs``.
 """
 from ml_collections import ConfigDict
 
