@@ -72,8 +72,7 @@ def build(num_documents: int, seed: int, founders: int = 8, years: int = 8) -> t
     p = pools(seed, founders, years)
     rng = random.Random(f"coordination-docs-{seed}")
     namer = _Namer(random.Random(f"coordination-titles-{seed}"))
-    for name in p["founder"]:   # titles never collide with founders
-        namer._used.add(name)
+    namer.reserve(p["founder"])   # titles never collide with founders
     docs, truth = [], {}
     for i in range(num_documents):
         title, founder, year = namer.word(2), rng.choice(p["founder"]), rng.choice(p["year"])

@@ -110,6 +110,10 @@ class _Namer:
     def __init__(self, rng: random.Random):
         self._rng, self._used = rng, set()
 
+    def reserve(self, names) -> None:
+        """Names that ``word`` must never return (drawn elsewhere)."""
+        self._used.update(names)
+
     def word(self, syllables: int) -> str:
         while True:
             w = "".join(self._rng.choice(_ONSETS) + self._rng.choice(_VOWELS) +

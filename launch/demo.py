@@ -148,6 +148,8 @@ def infer_all(c, checkpoint: Path, prompts: Path, out: Path) -> dict[str, Path]:
     import hashlib
     import shutil
 
+    sidecar = hashlib.sha256((checkpoint / "sidecar.safetensors").read_bytes()).hexdigest()
+    asked = hashlib.sha256(prompts.read_bytes()).hexdigest()
     dirs = {}
     for name, flags_ in SETTINGS.items():
         d = out / "manifests" / name
@@ -157,8 +159,7 @@ def infer_all(c, checkpoint: Path, prompts: Path, out: Path) -> dict[str, Path]:
         argv = ["infer", "--config=configs/model/pdt.py:demo", "--checkpoint", str(checkpoint), "--prompts-file",
                 str(prompts), "--output", str(tmp_dir), "--max-new-tokens", str(n), "--temperature", "0", *flags_]
         # What the manifests answer: these flags, these prompts, this checkpoint's sidecar.
-        stamp = {"argv": argv[1:], "prompts": hashlib.sha256(prompts.read_bytes()).hexdigest(),
-                 "sidecar": hashlib.sha256((checkpoint / "sidecar.safetensors").read_bytes()).hexdigest()}
+        stamp = {"argv": argv[1:], "prompts": asked, "sidecar": sidecar}
         if (d / "settings.stamp").exists() and json.loads((d / "settings.stamp").read_text()) == stamp:
             continue
         say(f"[4/5] inference, {name}: {' '.join(flags_) or '(PDT as trained)'}")
@@ -189,7 +190,7 @@ def evaluate_all(c, dirs: dict[str, Path], truth_path: Path) -> dict:
         ev.check_hashing(items + seq)
         scores[name] = ev.score(items, truth)
         rows = [ev.analyze(m, paired.get(m["prompt_index"])) for _, m in items]
-        analyses[name] = dict(ev.summarize(rows), answers=[dict(ev.score_answer(m, truth, p), file=p) for p, m in items])
+        analyses[name] = ev.summarize(rows)
     for metric, key in METRICS.items():
         source = analyses if metric in ("rollback_rate", "tokens_per_s") else scores
         per[metric] = {name: source[name][key] for name in dirs}
@@ -296,7 +297,7 @@ def run(c) -> dict:
     timings["inference"] = time.perf_counter() - t1
     say("[5/5] scoring and the report")
     result = evaluate_all(c, manifests, Path(c.runs) / "data" / "source" / "coordination_truth.json")
-    files = plots({k: v for k, v in dirs.items()}, manifests["bus"], out / "plots")
+    files = plots(dirs, manifests["bus"], out / "plots")
     timings["total"] = time.perf_counter() - t0
     body = report(c, result, files, out, timings)
     print((out / "report.md").read_text())
