@@ -11,7 +11,8 @@ def batch_shapes(cfg, P: int, T: int, accum: int, kd_context: int) -> dict:
     U, S, N = (T - 1) // sc.block_size + 1, sc.planner_slots, sc.notes_dim
     lead = (accum, P, K)
     out = {"tokens": (lead + (T,), np.int32), "lengths": (lead, np.int32), "target_start": (lead, np.int32),
-           "label_mask": (lead + (T,), np.bool_), "readiness": (lead + (U,), np.float32),
+           "label_mask": (lead + (T,), np.bool_), "shared_mask": (lead + (T,), np.bool_),
+           "readiness": (lead + (U,), np.float32),
            "coverage": (lead + (U, S), np.float32), "block_mask": (lead + (U,), np.bool_),
            "plan_ids": ((accum, P, S), np.int32), "coverage_item_mask": ((accum, P, S), np.bool_),
            "truncated": ((accum, P), np.int32), "teacher_notes": (lead + (U, N), np.float32)}
@@ -33,6 +34,7 @@ def synthetic_batch(cfg, P: int, T: int, prompt: int, accum: int = 1, kd_context
     out["lengths"][:] = T
     out["target_start"][:] = prompt
     out["label_mask"][..., prompt:] = True
+    out["shared_mask"][..., prompt:] = rng.random(out["shared_mask"][..., prompt:].shape) < 0.05
     U_real = (T - prompt - 1) // cfg.sidecar.block_size + 1
     out["block_mask"][..., :U_real] = True
     out["readiness"][:] = rng.integers(0, 2, out["readiness"].shape)

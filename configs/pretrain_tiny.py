@@ -24,12 +24,12 @@ def get_config(arg=None):
     c.build_trunk = True
     c.build_tokenizer = True
     c.trunk_checkpoint = "runs/demo/random_trunk"
-    c.data.kd_context = 192          # the whole article before a section
+    c.data.kd_context = 0            # the document form reads whole articles (data.RowSpec.article)
     c.data.buckets = (104, 208)
     c.stage = ConfigDict(dict(
         index=-1, name="trunk_pretrain", trainable=stages.TRUNK,
-        losses=ConfigDict(dict(planner=0.0, notes=0.0, spec=0.0, lm=1.0, kd=0.0, coverage=0.0, readiness=0.0,
-                               stream=0.0)),
+        losses=ConfigDict(dict(planner=0.0, notes=0.0, spec=0.0, lm=1.0, shared=1.0, kd=0.0, coverage=0.0,
+                               readiness=0.0, stream=0.0)),
         forward=ConfigDict(dict(form="document", passes=2, remat=False, q_chunk=0)),
         gate=0.0, kd_temperature=1.0, bus_mix=0.0, stream_dropout=0.0, note_noise=0.0, init_from="fresh"))
     c.train.update(dict(steps=300, batch_size=16, grad_accum=1, lr=3e-3, warmup_steps=20, log_every=20,

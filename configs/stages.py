@@ -33,7 +33,7 @@ NAMES = ("planner_pretrain", "stream_bootstrap", "notes_bus", "commit_control", 
 
 
 def _losses(**on) -> ConfigDict:
-    base = dict(planner=0.0, notes=0.0, spec=0.0, lm=0.0, kd=0.0, coverage=0.0, readiness=0.0, stream=0.0)
+    base = dict(planner=0.0, notes=0.0, spec=0.0, lm=0.0, shared=0.0, kd=0.0, coverage=0.0, readiness=0.0, stream=0.0)
     base.update(on)
     return ConfigDict(base)
 
@@ -169,6 +169,14 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
         stage.losses.kd = 0.0
         if stage.index >= 2:
             stage.losses.notes = 0.1
+        if stage.index >= 1:
+            # The founder and year a Trade or Legacy stream restates are ~3 of its ~40 tokens; in
+            # the mean over every token their gradient is swamped by text the bus cannot help with
+            # (random details, numbers): trained without this term the streams never learnt to
+            # read the bus for them (their CE with the bus = with it hidden ≈ log 8). Scored on
+            # their own as well: 0.22 / 0.60 with the bus, 3.07 / 1.56 hidden (bench/bus_probe.py,
+            # README "Training").
+            stage.losses.shared = 1.0
     if variant in ("", "20b"):
         # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
         # the backward pass, attention and SNC 512 queries at a time (bench/memory_plan.py).

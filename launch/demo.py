@@ -214,7 +214,7 @@ def plots(train_dirs: dict[str, Path], bus_dir: Path, out: Path) -> dict[str, st
     files = {}
     fig, axes = plt.subplots(1, len(train_dirs), figsize=(3.2 * len(train_dirs), 2.8), squeeze=False)
     for ax, (name, d) in zip(axes[0], train_dirs.items()):
-        for tag, pts in _curves(d, ("loss", "loss/lm", "loss/notes", "loss/planner")).items():
+        for tag, pts in _curves(d, ("loss", "loss/lm", "loss/shared", "loss/notes", "loss/planner")).items():
             if pts:
                 ax.plot([s for s, _ in pts], [v for _, v in pts], label=tag)
         ax.set_title(name, fontsize=9)

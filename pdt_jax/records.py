@@ -273,6 +273,36 @@ def block_char_ranges(token_spans: Sequence[Sequence[int]], tau: int, length: in
     return [(a, b) for a, b in zip(starts, starts[1:] + [length])]
 
 
+_NUMBER = re.compile(r"\d+")
+
+
+def shared_spans(record: Mapping[str, Any]) -> list[list[tuple[int, int]]]:
+    """Per stream, the character spans of ``target_text[k]`` that restate what a sibling stream
+    introduced — what only the bus can tell a parallel stream (the ``shared`` loss term scores
+    them on their own; README "Training"):
+
+    * mentions (``entity_mentions``) of an entity whose introducer — the first stream in document
+      order that mentions it, as in :func:`block_labels` — is another stream, unless the plan
+      contract announces it (``planned_entities``: every stream knows it from the start);
+    * numbers (maximal digit runs) that an earlier stream in document order already wrote.
+
+    Spans are sorted by start and may be empty for a stream (e.g. the first one)."""
+    texts = record["target_text"]
+    planned = set(record["planned_entities"])
+    introducer: dict[int, int] = {}
+    for k, mentions in enumerate(record["entity_mentions"]):
+        for _, _, ent in mentions:
+            introducer.setdefault(ent, k)
+    out, seen_numbers = [], set()
+    for k, text in enumerate(texts):
+        spans = [(a, b) for a, b, ent in record["entity_mentions"][k] if ent not in planned and introducer[ent] != k]
+        numbers = list(_NUMBER.finditer(text))
+        spans += [m.span() for m in numbers if m.group() in seen_numbers]
+        seen_numbers |= {m.group() for m in numbers}
+        out.append(sorted(set(spans)))
+    return out
+
+
 def block_labels(record: Mapping[str, Any], token_spans: Sequence[Sequence[Sequence[int]]], tau: int,
                  lag: int) -> tuple[list[list[int]], list[list[list[float]]]]:
     """The readiness and coverage labels of every block of τ tokens of every stream — what the bus

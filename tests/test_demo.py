@@ -40,6 +40,10 @@ def test_reduced_demo_writes_every_artefact(tmp_path):
         assert (export / "trunk").resolve() == (runs / "pretrain" / "export" / "trunk").resolve()
     stages = json.loads((runs / "train_run_stages.json").read_text())
     assert [s["stage_index"] for s in stages] == [0, 1, 2, 3]
+    # The shared-fact term is trained and logged on its own in pretraining and stages 1-3.
+    for work in ("pretrain", "stage1_stream_bootstrap", "stage2_notes_bus", "stage3_commit_control"):
+        metrics = json.loads((runs / work / "training_report.json").read_text())["train_metrics"]
+        assert metrics["loss/shared"]["count"] > 0 and metrics["loss/shared"]["last"] > 0, work
 
     report = json.loads((out / "report.json").read_text())
     settings = {"bus", "ablated", "ablated_all", "gate0", "sequential"}

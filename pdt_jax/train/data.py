@@ -7,7 +7,8 @@ A record (``pdt_jax/records.py``) becomes K rows, one per stream (streams are ba
 and, per row, everything the losses need, at the granularity the trainer works at:
 
 * ``label_mask`` [T]: target tokens whose characters overlap ``label_spans[k]`` (section masks),
-  plus the EOS the stream must learn to write;
+  plus the EOS the stream must learn to write; ``shared_mask`` [T]: the supervised tokens that
+  restate what a sibling stream introduced (``records.shared_spans``: the ``shared`` loss term);
 * ``readiness`` [U], ``coverage`` [U, S] and ``block_mask`` [U]: ``records.block_labels`` at
   blocks of τ tokens under lag Δ (what the bus carries when the runtime decodes that block);
 * ``teacher_notes`` [U, N]: the trunk-embedded teacher note each block reads
@@ -46,9 +47,12 @@ class RowSpec:
     kd_context: int = 0                 # document tokens before the target the KD teacher reads (0 = no KD rows)
     stream_prefixes: tuple[tuple[str, str], ...] = ()
     system: str | None = None
-    # Trunk pretraining reads each section after the ones before it (the KD row): only the last
-    # stream's EOS ends the article; the others' would teach the trunk to stop after any section.
-    final_eos_only: bool = False
+    # Trunk pretraining (the ``document`` form): every stream's KD row is the whole article, once —
+    # prompt + each section's tokens in order + one EOS — and ``kd_start[k]`` is where section k
+    # begins in it, so the trunk reads each section after the ones before it in a single row (not
+    # K rows repeating the earlier sections). Only the last stream's EOS is supervised: the others'
+    # would teach the trunk to stop after any section.
+    article: bool = False
 
     @property
     def max_len(self) -> int:
@@ -75,7 +79,8 @@ class Featurizer:
             raise ValueError(f"record {ex}: {len(record['plan_item_ids'])} plan items > "
                              f"sidecar.planner_slots={sp.plan_slots}")
         prefixes = dict(sp.stream_prefixes)
-        rows, spans, starts, masks, truncated = [], [], [], [], 0
+        rows, spans, starts, masks, shared_masks, truncated = [], [], [], [], [], 0
+        shared = R.shared_spans(record)
         for k, text in enumerate(record["target_text"]):
             prompt = tok.prompt(record["prompt"], system=sp.system, prefix=prefixes.get(R.stream_name(k), ""))
             ids, offs = tok.encode_with_offsets(text)
@@ -88,21 +93,30 @@ class Featurizer:
                 ids, offs, truncated = ids[:room], offs[:room], truncated + 1
             label = np.array([any(a < e and s < b for a, b in record["label_spans"][k]) for s, e in offs])
             if offs and offs[-1][0] == len(text):
-                label[-1] = not sp.final_eos_only or k == K - 1   # the EOS
+                label[-1] = not sp.article or k == K - 1   # the EOS
             rows.append(prompt + ids)
             spans.append([tuple(o) for o in offs])
             starts.append(len(prompt))
             masks.append(label)
+            shared_masks.append(label & np.array([any(a < e and s < b for a, b in shared[k]) for s, e in offs], bool))
         readiness, coverage = R.block_labels(record, spans, sp.block_size, sp.lag)
         arrays = R.to_arrays(record, sp.plan_slots)
-        out = {"rows": rows, "target_start": starts, "label_masks": masks, "readiness": readiness,
-               "coverage": coverage, "plan_ids": arrays["plan_item_ids_P"], "coverage_item_mask": arrays["coverage_mask_P"],
-               "truncated": truncated, "example_id": ex}
+        out = {"rows": rows, "target_start": starts, "label_masks": masks, "shared_masks": shared_masks,
+               "readiness": readiness, "coverage": coverage, "plan_ids": arrays["plan_item_ids_P"],
+               "coverage_item_mask": arrays["coverage_mask_P"], "truncated": truncated, "example_id": ex}
         if self.notes is not None:
             if ex not in self.notes:
                 raise ValueError(f"record {ex}: no teacher notes in the cache (rebuild it: python -m pdt_jax.teacher_notes)")
             out["teacher_notes"] = TN.block_teacher_notes(record, self.notes[ex], spans, sp.block_size)
-        if sp.kd_context > 0:
+        if sp.article:
+            prompt = rows[0][:starts[0]]
+            article, kd_starts = list(prompt), []
+            for k, row in enumerate(rows):
+                kd_starts.append(len(article))
+                body = row[starts[k]:]
+                article += body if k == K - 1 or body[-1:] != [self.eos] else body[:-1]
+            out["kd_rows"], out["kd_start"] = [article] * K, kd_starts
+        elif sp.kd_context > 0:
             kd_rows, kd_starts = [], []
             for k, row in enumerate(rows):
                 before = tok.encode(record["document_text"][:record["target_document_offset"][k]])[-sp.kd_context:]
@@ -116,6 +130,7 @@ class Featurizer:
 def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
     """Pads ``accum × P`` featurized examples to one bucket: arrays [A, P, K, ...] (A = accum).
     Fields: tokens, lengths, target_start, label_mask [.., T] (the token at t is supervised),
+    shared_mask [.., T] (... and restates a sibling's fact),
     plan_ids [A, P, S], coverage_item_mask, readiness [.., U], coverage [.., U, S], block_mask,
     teacher_notes [.., U, N] (when cached), kd_tokens / kd_lengths / kd_index (when KD rows)."""
     n = len(examples)
@@ -127,6 +142,7 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
     U = spec.blocks(T)
     f = lambda *shape, dt=np.int32: np.zeros((n, K) + shape, dt)
     out = {"tokens": f(T), "lengths": f(), "target_start": f(), "label_mask": f(T, dt=bool),
+           "shared_mask": f(T, dt=bool),
            "readiness": f(U, dt=np.float32), "coverage": f(U, S, dt=np.float32), "block_mask": f(U, dt=bool),
            "plan_ids": np.zeros((n, S), np.int32), "coverage_item_mask": np.zeros((n, S), bool),
            "truncated": np.zeros((n,), np.int32)}
@@ -136,7 +152,7 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
     has_kd = "kd_rows" in examples[0]
     if has_kd:
         T_kd = max(len(r) for e in examples for r in e["kd_rows"])
-        T_kd = next((b for b in spec.buckets if b >= T_kd), T + spec.kd_context)
+        T_kd = next((b for b in spec.buckets if b >= T_kd), max(T_kd, T + spec.kd_context))
         out.update(kd_tokens=f(T_kd), kd_lengths=f(), kd_index=np.full((n, K, T), -1, np.int32))
     for i, e in enumerate(examples):
         out["plan_ids"][i], out["coverage_item_mask"][i] = e["plan_ids"], e["coverage_item_mask"]
@@ -146,6 +162,7 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
             L, n_target = len(row), len(row) - e["target_start"][k]
             out["tokens"][i, k, :L], out["lengths"][i, k], out["target_start"][i, k] = row, L, s
             out["label_mask"][i, k, s:L] = e["label_masks"][k]
+            out["shared_mask"][i, k, s:L] = e["shared_masks"][k]
             u = min(len(e["readiness"][k]), U, (n_target - 1) // tau + 1)
             out["readiness"][i, k, :u] = e["readiness"][k][:u]
             out["block_mask"][i, k, :u] = True

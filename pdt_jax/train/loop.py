@@ -92,13 +92,10 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
     if float(st.losses.kd) > 0 and int(config.data.kd_context) <= 0:
         raise ConfigError("stage.losses.kd > 0 needs data.kd_context > 0 (the teacher's document tokens)")
     if form == "document":
-        if int(config.data.kd_context) <= 0:
-            raise ConfigError("stage.forward.form 'document' reads the article before each section: it needs "
-                              "data.kd_context > 0")
-        others = [k for k, v in st.losses.items() if float(v) > 0 and k != "lm"]
+        others = [k for k, v in st.losses.items() if float(v) > 0 and k not in ("lm", "shared")]
         if others:
-            raise ConfigError(f"stage.losses: the 'document' form (trunk pretraining) trains the LM loss only; "
-                              f"found {others}")
+            raise ConfigError(f"stage.losses: the 'document' form (trunk pretraining) trains the LM loss only "
+                              f"(terms lm and shared); found {others}")
         if not any(str(r).startswith("trunk/") for r in st.trainable):
             raise ConfigError("stage.trainable: the 'document' form trains the trunk; give trunk/.*")
     buckets = tuple(int(b) for b in config.data.buckets)
@@ -279,7 +276,7 @@ def run_stage(config: ConfigDict, workdir: str | Path, log=sys.stderr, stop_afte
                         notes_dim=sc.notes_dim, buckets=tuple(int(b) for b in config.data.buckets),
                         kd_context=int(config.data.kd_context) if uses_document_rows(st) else 0,
                         stream_prefixes=tuple(sorted(dict(config.data.stream_prefixes).items())),
-                        system=config.data.system or None, final_eos_only=st.forward.form == "document")
+                        system=config.data.system or None, article=st.forward.form == "document")
     feat = lambda split: data.Featurizer(spec, tokenizer, None if notes is None else notes[split])
     train_ds = data.dataset(export / "train.parquet", feat("train"), spec, int(tr.batch_size), int(tr.grad_accum),
                             seed=int(config.data.seed), max_records=int(config.data.max_records))

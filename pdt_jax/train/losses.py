@@ -8,6 +8,10 @@ Terms (``TERMS``; a stage's weights choose which count, every computed term is l
   note embedding of that block (D6), on real blocks that have a teacher note only.
 * ``lm``: next-token CE — the logits at t predict the token at t + 1 — on the target tokens the
   record's label spans supervise (section masks) and the EOS.
+* ``shared``: the same CE on the supervised tokens that restate what a sibling stream introduced
+  (``batch["shared_mask"]``, ``records.shared_spans``: a founder another part named, a year it
+  wrote) — a few tokens per row that only the bus can predict, which the mean over every token
+  drowns (README "Training": measured on the demo, the bus stays unused without it).
 * ``kd``: KL(teacher ‖ student) at temperature T (× T²) on the same positions, against the frozen
   trunk reading the document before the stream's target (D7), aligned token for token.
 * ``coverage``: BCE per block and plan item against the 0 / 0.5 / 1 labels, hint-provenance items
@@ -22,7 +26,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-TERMS = ("planner", "notes", "spec", "lm", "kd", "coverage", "readiness", "stream")
+TERMS = ("planner", "notes", "spec", "lm", "shared", "kd", "coverage", "readiness", "stream")
 
 
 def _mean(x, mask):
@@ -34,40 +38,47 @@ def _bce(logits, targets):
     return jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def lm_targets(batch):
-    """(next tokens [B, T], mask [B, T]): position t is scored on the token at t + 1."""
+def lm_targets(batch, field: str = "label_mask"):
+    """(next tokens [B, T], mask [B, T]): position t is scored on the token at t + 1 (``field``:
+    which token mask — ``label_mask``, or ``shared_mask`` for the shared term)."""
     tokens = batch["tokens"]
     P, K, T = tokens.shape
     nxt = jnp.concatenate([tokens[..., 1:], jnp.zeros_like(tokens[..., :1])], axis=-1).reshape(P * K, T)
-    mask = jnp.concatenate([batch["label_mask"][..., 1:], jnp.zeros_like(batch["label_mask"][..., :1])], axis=-1)
+    mask = jnp.concatenate([batch[field][..., 1:], jnp.zeros_like(batch[field][..., :1])], axis=-1)
     return nxt, mask.reshape(P * K, T)
 
 
 def token_terms_chunked(hidden_BxTxD, kd_hidden_BxTxD, nxt_BxT, mask_BxT, kd_mask_BxT, unembed, *, lm: bool,
-                        kd: bool, temperature: float, chunk: int):
+                        kd: bool, temperature: float, chunk: int, shared_mask_BxT=None):
     """LM CE and KD of ``compute`` from hidden states, ``chunk`` positions at a time: the [B, T, V]
     logits (201k-wide for GPT-OSS) are never materialised, and each chunk's are recomputed in the
-    backward pass (``jax.checkpoint``). Returns {"lm": …, "kd": …} (the terms asked for)."""
+    backward pass (``jax.checkpoint``). Returns {"lm": …, "kd": …, "shared": …} (the terms asked
+    for; ``shared`` when ``shared_mask_BxT`` is given)."""
     B, T, D = hidden_BxTxD.shape
     n = -(-T // chunk)
     pad = n * chunk - T
     split = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)).reshape(
         (B, n, chunk) + x.shape[2:]).swapaxes(0, 1)
-    xs = (split(hidden_BxTxD), split(nxt_BxT), split(mask_BxT), split(kd_mask_BxT))
+    shared = shared_mask_BxT is not None
+    xs = (split(hidden_BxTxD), split(nxt_BxT), split(mask_BxT), split(kd_mask_BxT),
+          split(shared_mask_BxT if shared else mask_BxT))
     if kd:
         xs = xs + (split(kd_hidden_BxTxD),)
 
     @jax.checkpoint
     def body(x):
-        h, y, m, km = x[:4]
+        h, y, m, km, sm = x[:5]
         logits = unembed(h).astype(jnp.float32)
         out = {}
-        if lm:
+        if lm or shared:
             logp = jax.nn.log_softmax(logits, axis=-1)
             nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
-            out["lm"] = (jnp.sum(nll * m), jnp.sum(m.astype(jnp.float32)))
+            if lm:
+                out["lm"] = (jnp.sum(nll * m), jnp.sum(m.astype(jnp.float32)))
+            if shared:
+                out["shared"] = (jnp.sum(nll * sm), jnp.sum(sm.astype(jnp.float32)))
         if kd:
-            t_logp = jax.nn.log_softmax(unembed(x[4]).astype(jnp.float32) / temperature, axis=-1)
+            t_logp = jax.nn.log_softmax(unembed(x[5]).astype(jnp.float32) / temperature, axis=-1)
             s_logp = jax.nn.log_softmax(logits / temperature, axis=-1)
             kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1) * temperature ** 2
             out["kd"] = (jnp.sum(kl * km), jnp.sum(km.astype(jnp.float32)))
@@ -97,19 +108,25 @@ def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_lo
         for name, key in (("notes", "notes"), ("spec", "speculative_notes")):
             if on(name):
                 terms[name] = _mean(jnp.mean((out[key] - teacher) ** 2, axis=-1), real)
-    if (on("lm") or on("kd")) and chunk > 0:
+    shared_mask = lm_targets(batch, "shared_mask")[1] if on("shared") else None
+    if (on("lm") or on("kd") or on("shared")) and chunk > 0:
         if on("kd") and kd_hidden is None:
             raise ValueError("losses: the kd term needs the KD teacher's hidden states (data.kd_context > 0)")
         nxt, mask = lm_targets(batch)
         kd_mask = mask & (batch["kd_index"].reshape(mask.shape) >= 0) if on("kd") else mask
         terms.update(token_terms_chunked(out["hidden"], kd_hidden, nxt, mask, kd_mask, unembed, lm=on("lm"),
-                                         kd=on("kd"), temperature=kd_temperature, chunk=chunk))
-    elif on("lm") or on("kd"):
+                                         kd=on("kd"), temperature=kd_temperature, chunk=chunk,
+                                         shared_mask_BxT=shared_mask))
+    elif on("lm") or on("kd") or on("shared"):
         nxt, mask = lm_targets(batch)
         logits = out["lm_logits"].astype(jnp.float32)
-        if on("lm"):
+        if on("lm") or on("shared"):
             logp = jax.nn.log_softmax(logits, axis=-1)
-            terms["lm"] = _mean(-jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0], mask)
+            nll = -jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
+            if on("lm"):
+                terms["lm"] = _mean(nll, mask)
+            if on("shared"):
+                terms["shared"] = _mean(nll, shared_mask)
         if on("kd"):
             if kd_logits is None:
                 raise ValueError("losses: the kd term needs the KD teacher's logits (data.kd_context > 0)")

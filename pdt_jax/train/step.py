@@ -27,9 +27,9 @@ from pdt_jax.train import losses
 from pdt_jax.train import state as state_lib
 from pdt_jax.trunk import model as trunk_model
 
-# document: trunk pretraining (configs/pretrain_tiny.py) — the trunk alone reads each row's KD row
-# (prompt + the document before the stream's section + the section), i.e. the whole article in
-# order, and the LM loss scores the section's tokens; the sidecar does not run.
+# document: trunk pretraining (configs/pretrain_tiny.py) — the trunk alone reads the whole article
+# once (prompt + every section in order: the KD rows of ``data.RowSpec.article``) and the LM loss
+# scores every section's tokens; the sidecar does not run.
 FORMS = ("teacher", "passes", "exact", "document")
 # Sentinels of ``first_bad`` beyond the loss terms' indices.
 BAD_GRAD = len(losses.TERMS)
@@ -71,7 +71,7 @@ def model_forward(static: StepStatic, params, batch, rng):
     cfg, side, trunk = static.cfg, params["sidecar"], params["trunk"]
     memory = dict(remat=static.remat, q_chunk=static.q_chunk or None)
     if static.form == "document":
-        return {"hidden": document_hidden(static, trunk, batch)}
+        return {"hidden": document_hidden(static, trunk, batch, article=True)}
     if static.form == "teacher":
         return pdt.forward_train(trunk, side, batch, cfg=cfg, gate=static.gate, pass_a="teacher", passes=1,
                                  moe_impl=static.moe_impl, **memory)
@@ -99,16 +99,23 @@ def regularisers(static: StepStatic, batch, rng) -> dict:
     return b
 
 
-def document_hidden(static: StepStatic, trunk, batch):
+def document_hidden(static: StepStatic, trunk, batch, article: bool = False):
     """The trunk (no sidecar) over the KD rows, its final hidden states gathered at the student's
     positions: [B, T, D] (the losses unembed them chunk by chunk). Position t of a student row
-    predicts the same next token as its KD-row position, so the student's LM targets score it."""
+    predicts the same next token as its KD-row position, so the student's LM targets score it.
+    ``article``: every stream's KD row is the same whole article (``data.RowSpec.article``, trunk
+    pretraining), so the trunk reads it once and each stream's positions are gathered from it."""
     tok, lens = batch["kd_tokens"], batch["kd_lengths"]
     P, K, Tk = tok.shape
-    hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * K, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
+    if article:
+        tok, lens = tok[:, -1:], lens[:, -1:]
+    R = tok.shape[1]
+    hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * R, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
                                     moe_impl=static.moe_impl, remat=static.remat, q_chunk=static.q_chunk or None)
-    idx = batch["kd_index"].reshape(P * K, -1)
-    return jnp.take_along_axis(hidden, jnp.clip(idx, 0, Tk - 1)[:, :, None], axis=1)
+    hidden = hidden.reshape(P, R, Tk, -1)
+    idx = jnp.clip(batch["kd_index"], 0, Tk - 1)                                 # [P, K, T]
+    rows = jnp.broadcast_to(hidden, (P, K, Tk, hidden.shape[-1])) if article else hidden
+    return jnp.take_along_axis(rows, idx[..., None], axis=2).reshape(P * K, idx.shape[-1], -1)
 
 
 def kd_teacher_hidden(static: StepStatic, trunk, batch):

@@ -49,13 +49,40 @@ def test_kd_rows_align_with_the_student_token_for_token(records):
     assert set(np.unique(b["coverage"])) <= {0.0, 0.5, 1.0} and (b["coverage"] == 1.0).any()
 
 
+def test_article_rows_hold_every_section_once_in_order(records):
+    """Trunk pretraining's rows (the document form): one article per record — prompt, then each
+    stream's section tokens in order, one EOS at the end — and every stream's supervised position
+    predicts, in the article, the token its own row has next; only the last stream's EOS counts."""
+    tok = Tokenizer.tiny()
+    spec = data.RowSpec(num_streams=3, block_size=4, lag=1, plan_slots=16, notes_dim=8, buckets=(128, 512),
+                        article=True)
+    b = {k: v[0] for k, v in data.collate([data.Featurizer(spec, tok)(r) for r in records[:2]], spec).items()}
+    eos = tok.eos_ids[0]
+    for p, r in enumerate(records[:2]):
+        art = b["kd_tokens"][p, 0, :b["kd_lengths"][p, 0]]
+        assert (b["kd_tokens"][p] == b["kd_tokens"][p, :1]).all()          # the same row for every stream
+        body = [tok.encode(t) for t in r["target_text"]]
+        s0 = b["target_start"][p, 0]
+        assert list(art) == list(b["tokens"][p, 0, :s0]) + sum(body, []) + [eos]
+        for k in range(3):
+            L = b["lengths"][p, k]
+            sup = np.flatnonzero(b["label_mask"][p, k, 1:])    # positions t whose next token is scored
+            assert len(sup) > 5
+            for t in sup:
+                assert art[b["kd_index"][p, k, t] + 1] == b["tokens"][p, k, t + 1]
+            assert b["label_mask"][p, k, L - 1] == (k == 2)                   # the EOS: the last stream's only
+
+
 def test_each_term_is_the_hand_computed_one():
     rng = np.random.default_rng(0)
     P, K, T, V, U, S, N = 1, 3, 10, 11, 3, 4, 5
     tokens = rng.integers(0, V, (P, K, T)).astype(np.int32)
     label = np.zeros((P, K, T), bool)
     label[..., 4:9] = True
-    batch = {"tokens": tokens, "label_mask": label, "plan_ids": np.array([[5, 0, 7, 0]], np.int32),
+    shared = np.zeros_like(label)
+    shared[0, 1, [5, 7]] = shared[0, 2, 6] = True   # a sibling's founder and year, restated
+    batch = {"tokens": tokens, "label_mask": label, "shared_mask": shared,
+             "plan_ids": np.array([[5, 0, 7, 0]], np.int32),
              "block_mask": np.ones((P, K, U), bool), "teacher_notes": rng.normal(size=(P, K, U, N)).astype(np.float32),
              "coverage": rng.choice([0.0, 0.5, 1.0], (P, K, U, S)).astype(np.float32),
              "coverage_item_mask": np.array([[True, False, True, False]]), "readiness": np.ones((P, K, U), np.float32),
@@ -76,6 +103,9 @@ def test_each_term_is_the_hand_computed_one():
     lp = logsm(out["lm_logits"])
     want = np.mean([-lp[r, t, tokens.reshape(-1, T)[r, t + 1]] for r in range(3) for t in range(3, 8)])
     assert terms["lm"] == pytest.approx(want, rel=1e-5)
+    # shared: the same CE, on the three restated tokens only (predicted at t − 1).
+    want = np.mean([-lp[r, t - 1, tokens.reshape(-1, T)[r, t]] for r, t in ((1, 5), (1, 7), (2, 6))])
+    assert terms["shared"] == pytest.approx(want, rel=1e-5)
     tl, sl = logsm(kd / 2.0), logsm(out["lm_logits"] / 2.0)
     want = np.mean([4.0 * np.sum(np.exp(tl[r, t]) * (tl[r, t] - sl[r, t])) for r in range(3) for t in range(3, 8)])
     assert terms["kd"] == pytest.approx(want, rel=1e-5)
@@ -105,8 +135,9 @@ def test_chunked_token_terms_equal_the_full_logits():
     label = np.zeros((P, K, T), bool)
     label[..., 5:] = True
     batch = {"tokens": rng.integers(0, V, (P, K, T)).astype(np.int32), "label_mask": label,
+             "shared_mask": label & (rng.random(label.shape) < 0.3),
              "kd_index": np.where(np.roll(label, -1, axis=-1), np.arange(T), -1).astype(np.int32)}
-    w = {"lm": 1.0, "kd": 0.5}
+    w = {"lm": 1.0, "kd": 0.5, "shared": 2.0}
 
     def full(h):
         return losses.compute({"lm_logits": unembed(h)}, batch, w, kd_logits=unembed(kd_hidden), kd_temperature=2.0)
@@ -116,7 +147,44 @@ def test_chunked_token_terms_equal_the_full_logits():
                               chunk=4)
     (a, ta), ga = jax.value_and_grad(full, has_aux=True)(hidden)
     (b, tb), gb = jax.value_and_grad(chunked, has_aux=True)(hidden)
-    assert set(ta) == set(tb) == {"lm", "kd"}
+    assert set(ta) == set(tb) == {"lm", "kd", "shared"} and float(ta["shared"]) != float(ta["lm"])
     for k in ta:
         assert float(ta[k]) == pytest.approx(float(tb[k]), rel=1e-5)
     np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-6)
+
+
+def _record(texts, mentions, planned=()):
+    return {"target_text": texts, "entity_mentions": mentions, "planned_entities": list(planned)}
+
+
+def test_shared_spans_are_what_a_sibling_introduced():
+    """A name a sibling introduced (not one the plan announces), and a number an earlier stream
+    wrote, are shared where another stream restates them; the introducer's own mentions are not."""
+    texts = ["Oslo was founded by Ada in 1734. Oslo has 40 mills.",
+             "Ada built the market of Oslo.",
+             "Oslo has honoured Ada since 1734, with 12 mills. Bo came in 1734."]
+    mentions = [[[0, 4, 0], [20, 23, 1], [33, 37, 0]],
+                [[0, 3, 1], [24, 28, 0]],
+                [[0, 4, 0], [18, 21, 1], [49, 51, 2]]]
+    spans = R.shared_spans(_record(texts, mentions, planned=[0]))
+    assert spans[0] == []                                     # the introducer restates nothing
+    assert spans[1] == [(0, 3)]                               # Ada; Oslo is planned (in the prompt)
+    assert [texts[2][a:b] for a, b in spans[2]] == ["Ada", "1734", "1734"]   # not 12, not Bo (its own)
+    # Without a plan contract the town is the first stream's too.
+    assert R.shared_spans(_record(texts, mentions))[1] == [(0, 3), (24, 28)]
+
+
+def test_shared_mask_marks_the_restated_tokens(records):
+    tok = Tokenizer.tiny()
+    spec = data.RowSpec(num_streams=3, block_size=4, lag=1, plan_slots=16, notes_dim=8, buckets=(128, 512))
+    for r in records:
+        f = data.Featurizer(spec, tok)(r)
+        spans = R.shared_spans(r)
+        for k in range(3):
+            ids, offs = tok.encode_with_offsets(r["target_text"][k])
+            want = [any(a < e and s < b for a, b in spans[k]) for s, e in offs]
+            got = list(f["shared_masks"][k][:len(offs)])
+            assert got == [w and bool(m) for w, m in zip(want, f["label_masks"][k])]
+        if any(spans[1:]):
+            return
+    pytest.fail("no record of the tiny dataset restates a sibling's entity or number")

@@ -276,10 +276,9 @@ def test_sharded_steps_on_eight_devices_equal_one_device(run):
     (["--config.model.sidecar.plan_vocab_size=2048"], "plan hashing"),
     (["--config.stage.forward.form=teacher", "--config.stage.bus_mix=0.5"], "stage.bus_mix"),
     (["--config.stage.forward.q_chunk=-1"], "stage.forward.q_chunk"),
-    # trunk pretraining (the 'document' form) needs the article rows, trains the LM loss only, and the trunk
-    (["--config.stage.forward.form=document"], "data.kd_context"),
-    (["--config.stage.forward.form=document", "--config.data.kd_context=64"], "LM loss only"),
-    (["--config.stage.forward.form=document", "--config.data.kd_context=64", "--config.stage.losses.coverage=0",
+    # trunk pretraining (the 'document' form) trains the LM loss only, and the trunk
+    (["--config.stage.forward.form=document"], "LM loss only"),
+    (["--config.stage.forward.form=document", "--config.stage.losses.coverage=0",
       "--config.stage.losses.readiness=0", "--config.stage.losses.spec=0", "--config.stage.losses.notes=0",
       "--config.stage.losses.planner=0", "--config.stage.losses.stream=0"], "trains the trunk"),
 ])
