@@ -15,8 +15,9 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 # Two workers (the CI host has two cores; compiling dominates the suite), a test file per worker so a
-# module's fixtures are built once, handed out in collection order (tests/conftest.py puts the two
-# longest files first; xdist's default reorder by test count would start the one-test demo last).
+# module's fixtures are built once, handed out in collection order (tests/conftest.py orders the
+# files longest first, by measured time; xdist's default reorder by test count would start the
+# one-test demo last).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 

@@ -19,13 +19,22 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import jax  # noqa: E402
 
-# The longest test files start first, one per worker (pytest-xdist --dist loadfile hands out files
-# in collection order): started last, either would run alone at the end of the suite.
-_FIRST = ("tests/train/test_training.py", "tests/test_demo.py")
+# Longest file first (pytest-xdist --dist loadfile hands out files in collection order, each to the
+# next free worker): started late, a long file runs alone at the end of the suite. Seconds per file
+# measured on EPYC-5 (2 workers, 2026-11-30); files not listed follow, in collection order.
+_SECONDS = {
+    "tests/train/test_training.py": 314, "tests/test_demo.py": 195, "tests/runtime/test_runtime.py": 128,
+    "tests/runtime/test_cli.py": 103, "tests/test_pdt_model.py": 91, "tests/multidevice/test_runtime_sharding.py": 61,
+    "tests/trunk/test_decode.py": 36, "tests/test_bus.py": 29, "tests/trunk/test_moe.py": 27,
+    "tests/train/test_forward.py": 26, "tests/data_pipeline/test_openai_teacher.py": 18,
+    "tests/data_pipeline/test_teacher_notes.py": 16, "tests/test_tokenizer.py": 12,
+    "tests/multidevice/test_moe_sharding.py": 12, "tests/converters/test_bad_input.py": 11,
+    "tests/multidevice/test_trunk_sharding.py": 11, "tests/data_pipeline/test_resume.py": 10,
+    "tests/train/test_losses.py": 9,
+}
 
 
 def pytest_collection_modifyitems(session, config, items):
-    rank = lambda item: next((i for i, f in enumerate(_FIRST) if item.nodeid.startswith(f)), len(_FIRST))
-    items.sort(key=rank)   # stable: the order within a file, and of the other files, is kept
+    items.sort(key=lambda item: -_SECONDS.get(item.nodeid.split("::")[0], 0))   # stable within a file
 
 jax.config.update("jax_default_matmul_precision", "highest")
