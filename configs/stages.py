@@ -170,10 +170,10 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
         if stage.index >= 2:
             stage.losses.notes = 0.1
         if stage.index >= 1:
-            # The founder and year a Trade or Legacy stream restates are ~3 of its ~40 tokens; in
+            # The founder and year a Trade or Legacy stream restates are 1-4 of its ~50 tokens; in
             # the mean over every token their gradient is swamped by text the bus cannot help with
             # (random details, numbers): trained without this term the streams never learnt to
-            # read the bus for them (their CE with the bus = with it hidden ≈ log 8). Scored on
+            # read the bus for them (their CE with the bus ≈ with it hidden). Scored on
             # their own as well: 0.22 / 0.60 with the bus, 3.07 / 1.56 hidden (bench/bus_probe.py,
             # README "Training").
             stage.losses.shared = 1.0

@@ -15,7 +15,9 @@ and, per row, everything the losses need, at the granularity the trainer works a
   (``teacher_notes.block_teacher_notes``, cached once per trunk and dataset, D6);
 * the KD teacher's row (D7): the same prompt, then the document text that precedes the stream's
   target (``target_document_offset``; the last ``kd_context`` tokens of it), then the same target
-  tokens — so teacher and student positions align token for token (``kd_index``).
+  tokens — so teacher and student positions align token for token (``kd_index``); for trunk
+  pretraining (``RowSpec.article``) instead the whole article once, every stream's positions
+  mapped into it.
 
 Batches are padded to the smallest of a few fixed lengths (``buckets``: one compile each); a row
 longer than the largest bucket keeps its prompt and loses the end of its target (counted in
@@ -109,12 +111,15 @@ class Featurizer:
                 raise ValueError(f"record {ex}: no teacher notes in the cache (rebuild it: python -m pdt_jax.teacher_notes)")
             out["teacher_notes"] = TN.block_teacher_notes(record, self.notes[ex], spans, sp.block_size)
         if sp.article:
-            prompt = rows[0][:starts[0]]
-            article, kd_starts = list(prompt), []
+            # The article as one writer sees it: the user prompt without any stream's prefix.
+            article, kd_starts = list(tok.prompt(record["prompt"], system=sp.system)), []
             for k, row in enumerate(rows):
                 kd_starts.append(len(article))
                 body = row[starts[k]:]
                 article += body if k == K - 1 or body[-1:] != [self.eos] else body[:-1]
+            if len(article) > sp.max_len:
+                raise ValueError(f"record {ex}: its article has {len(article)} tokens, the largest bucket "
+                                 f"(data.buckets) is {sp.max_len}: trunk pretraining reads whole articles")
             out["kd_rows"], out["kd_start"] = [article] * K, kd_starts
         elif sp.kd_context > 0:
             kd_rows, kd_starts = [], []

@@ -118,8 +118,8 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
 
 
 def uses_document_rows(st) -> bool:
-    """The KD rows (prompt + the article up to and including the section) are built for KD and for
-    trunk pretraining."""
+    """KD rows are built for KD (prompt + the article up to and including the section) and for
+    trunk pretraining (the whole article, ``data.RowSpec.article``)."""
     return float(st.losses.kd) > 0 or st.forward.form == "document"
 
 
@@ -136,6 +136,10 @@ def config_digest(config: ConfigDict) -> str:
         d["train"].pop(k, None)
     for k in ("remat", "q_chunk"):   # memory only: a resume may change them (e.g. after running out of memory)
         d.get("stage", {}).get("forward", {}).pop(k, None)
+    # A loss term added after a run started changes nothing at weight 0: a workdir begun before the
+    # 'shared' term existed still resumes.
+    if not float(d.get("stage", {}).get("losses", {}).get("shared", 0.0) or 0.0):
+        d.get("stage", {}).get("losses", {}).pop("shared", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

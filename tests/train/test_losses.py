@@ -54,8 +54,9 @@ def test_article_rows_hold_every_section_once_in_order(records):
     stream's section tokens in order, one EOS at the end — and every stream's supervised position
     predicts, in the article, the token its own row has next; only the last stream's EOS counts."""
     tok = Tokenizer.tiny()
-    spec = data.RowSpec(num_streams=3, block_size=4, lag=1, plan_slots=16, notes_dim=8, buckets=(128, 512),
-                        article=True)
+    # Stream 2 has a prefix of its own: the article is the writer's (no prefix), the mapping still holds.
+    spec = data.RowSpec(num_streams=3, block_size=4, lag=1, plan_slots=16, notes_dim=8, buckets=(128, 512, 2048),
+                        article=True, stream_prefixes=(("stream_2", "Be brief. "),))
     b = {k: v[0] for k, v in data.collate([data.Featurizer(spec, tok)(r) for r in records[:2]], spec).items()}
     eos = tok.eos_ids[0]
     for p, r in enumerate(records[:2]):
@@ -71,6 +72,25 @@ def test_article_rows_hold_every_section_once_in_order(records):
             for t in sup:
                 assert art[b["kd_index"][p, k, t] + 1] == b["tokens"][p, k, t + 1]
             assert b["label_mask"][p, k, L - 1] == (k == 2)                   # the EOS: the last stream's only
+    assert b["target_start"][0, 1] > b["target_start"][0, 0]                  # the prefix is in stream 2's row only
+    # An article longer than the largest bucket is refused, naming the record and the field.
+    with pytest.raises(ValueError, match=r"data\.buckets"):
+        data.Featurizer(data.RowSpec(num_streams=3, block_size=4, lag=1, plan_slots=16, notes_dim=8,
+                                     buckets=(128, 512), article=True), tok)(records[0])
+
+
+def test_a_run_begun_before_the_shared_term_still_resumes():
+    """The resume digest ignores the 'shared' weight at 0 (workdirs started before the term existed)."""
+    from ml_collections import ConfigDict
+
+    from pdt_jax import config_files
+    from pdt_jax.train import loop
+    c = config_files.load("configs/stage2.py:tiny", [])
+    d = c.to_dict()
+    del d["stage"]["losses"]["shared"]
+    assert loop.config_digest(c) == loop.config_digest(ConfigDict(d))
+    c.stage.losses.shared = 0.5
+    assert loop.config_digest(c) != loop.config_digest(ConfigDict(d))
 
 
 def test_each_term_is_the_hand_computed_one():
