@@ -276,26 +276,33 @@ def block_char_ranges(token_spans: Sequence[Sequence[int]], tau: int, length: in
 _NUMBER = re.compile(r"\d+")
 
 
+def first_mentions(record: Mapping[str, Any]) -> dict[int, tuple[int, int]]:
+    """entity -> (its introducer: the first stream in document order that mentions it, the start
+    of that mention in the introducer's ``target_text``)."""
+    out: dict[int, tuple[int, int]] = {}
+    for k, mentions in enumerate(record["entity_mentions"]):
+        for start, _, ent in mentions:
+            out.setdefault(ent, (k, start))
+    return out
+
+
 def shared_spans(record: Mapping[str, Any]) -> list[list[tuple[int, int]]]:
     """Per stream, the character spans of ``target_text[k]`` that restate what a sibling stream
     introduced — what only the bus can tell a parallel stream (the ``shared`` loss term scores
     them on their own; README "Training"):
 
-    * mentions (``entity_mentions``) of an entity whose introducer — the first stream in document
-      order that mentions it, as in :func:`block_labels` — is another stream, unless the plan
+    * mentions (``entity_mentions``) of an entity whose introducer (:func:`first_mentions`, as in
+      :func:`block_labels`) is another stream, unless the plan
       contract announces it (``planned_entities``: every stream knows it from the start);
     * numbers (maximal digit runs) that an earlier stream in document order already wrote.
 
     Spans are sorted by start and may be empty for a stream (e.g. the first one)."""
     texts = record["target_text"]
     planned = set(record["planned_entities"])
-    introducer: dict[int, int] = {}
-    for k, mentions in enumerate(record["entity_mentions"]):
-        for _, _, ent in mentions:
-            introducer.setdefault(ent, k)
+    first = first_mentions(record)
     out, seen_numbers = [], set()
     for k, text in enumerate(texts):
-        spans = [(a, b) for a, b, ent in record["entity_mentions"][k] if ent not in planned and introducer[ent] != k]
+        spans = [(a, b) for a, b, ent in record["entity_mentions"][k] if ent not in planned and first[ent][0] != k]
         numbers = list(_NUMBER.finditer(text))
         spans += [m.span() for m in numbers if m.group() in seen_numbers]
         seen_numbers |= {m.group() for m in numbers}
@@ -329,10 +336,8 @@ def block_labels(record: Mapping[str, Any], token_spans: Sequence[Sequence[Seque
         return next(i for i, (a, b) in enumerate(blocks[k]) if offset < b) if blocks[k] else 0
 
     planned = set(record["planned_entities"])
-    introduced: dict[int, tuple[int, int]] = {}   # entity -> (introducer, block of its first mention there)
-    for k in range(K):
-        for start, _, ent in record["entity_mentions"][k]:
-            introduced.setdefault(ent, (k, block_of(k, start)))
+    # entity -> (introducer, block of its first mention there)
+    introduced = {ent: (k, block_of(k, start)) for ent, (k, start) in first_mentions(record).items()}
     readiness = []
     for k in range(K):
         row = []

@@ -136,10 +136,11 @@ def config_digest(config: ConfigDict) -> str:
         d["train"].pop(k, None)
     for k in ("remat", "q_chunk"):   # memory only: a resume may change them (e.g. after running out of memory)
         d.get("stage", {}).get("forward", {}).pop(k, None)
-    # A loss term added after a run started changes nothing at weight 0: a workdir begun before the
-    # 'shared' term existed still resumes.
-    if not float(d.get("stage", {}).get("losses", {}).get("shared", 0.0) or 0.0):
-        d.get("stage", {}).get("losses", {}).pop("shared", None)
+    # A term at weight 0 is not computed: it cannot change the run, so it is not part of the digest
+    # (a term added after a run started does not stop it from resuming).
+    losses = d.get("stage", {}).get("losses", {})
+    for k in [k for k, v in losses.items() if not float(v or 0.0)]:
+        losses.pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

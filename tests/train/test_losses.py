@@ -80,7 +80,8 @@ def test_article_rows_hold_every_section_once_in_order(records):
 
 
 def test_a_run_begun_before_the_shared_term_still_resumes():
-    """The resume digest ignores the 'shared' weight at 0 (workdirs started before the term existed)."""
+    """The resume digest ignores terms at weight 0 (not computed: e.g. the 'shared' term, which
+    workdirs started before it existed lack)."""
     from ml_collections import ConfigDict
 
     from pdt_jax import config_files
