@@ -12,7 +12,7 @@ def batch_shapes(cfg, P: int, T: int, accum: int, kd_context: int) -> dict:
     lead = (accum, P, K)
     out = {"tokens": (lead + (T,), np.int32), "lengths": (lead, np.int32), "target_start": (lead, np.int32),
            "label_mask": (lead + (T,), np.bool_), "shared_mask": (lead + (T,), np.bool_),
-           "readiness": (lead + (U,), np.float32),
+           "readiness": (lead + (U,), np.float32), "readiness_retry": (lead + (U,), np.float32),
            "coverage": (lead + (U, S), np.float32), "block_mask": (lead + (U,), np.bool_),
            "plan_ids": ((accum, P, S), np.int32), "coverage_item_mask": ((accum, P, S), np.bool_),
            "truncated": ((accum, P), np.int32), "teacher_notes": (lead + (U, N), np.float32)}
@@ -38,6 +38,7 @@ def synthetic_batch(cfg, P: int, T: int, prompt: int, accum: int = 1, kd_context
     U_real = (T - prompt - 1) // cfg.sidecar.block_size + 1
     out["block_mask"][..., :U_real] = True
     out["readiness"][:] = rng.integers(0, 2, out["readiness"].shape)
+    out["readiness_retry"][:] = np.maximum(out["readiness"], rng.integers(0, 2, out["readiness"].shape))
     out["coverage"][:] = rng.choice([0.0, 0.5, 1.0], out["coverage"].shape)
     out["plan_ids"][:] = rng.integers(1, Vp, out["plan_ids"].shape)
     out["coverage_item_mask"][:] = True

@@ -33,7 +33,8 @@ NAMES = ("planner_pretrain", "stream_bootstrap", "notes_bus", "commit_control", 
 
 
 def _losses(**on) -> ConfigDict:
-    base = dict(planner=0.0, notes=0.0, spec=0.0, lm=0.0, shared=0.0, kd=0.0, coverage=0.0, readiness=0.0, stream=0.0)
+    base = dict(planner=0.0, notes=0.0, spec=0.0, lm=0.0, shared=0.0, kd=0.0, coverage=0.0, readiness=0.0, retry=0.0,
+                stream=0.0)
     base.update(on)
     return ConfigDict(base)
 
@@ -51,7 +52,9 @@ def stage_block(index: int) -> ConfigDict:
         form = "passes"
     if index >= 3:
         trainable += COMMIT
-        losses.update(dict(coverage=1.0, readiness=1.0))
+        # retry: the readiness head also learns the pairs the runtime asks about after a
+        # rollback (the block again, reading round v + 1's window: losses.py).
+        losses.update(dict(coverage=1.0, readiness=1.0, retry=1.0))
         bus_mix, dropout = 0.35, 0.15
     if index >= 4:
         trainable += TRUNK

@@ -246,6 +246,20 @@ def _storage_order_window(bus: Bus, round, lag) -> Window:
                   version=every(version), round=every(rnd))
 
 
+def retry_window(before: Bus, after: Bus, round, lag) -> Window:
+    """The window each consumer retries its block of the last round with when it alone failed the
+    readiness gate (``runtime/orchestrator.py``): ``after`` is the bus with the round's notes
+    published, ``before`` without them. A consumer reads its siblings' entries from ``after`` and
+    its own from ``before`` — its rolled-back note is off the bus, and an own note that one had
+    evicted is live again. Storage order (``visible_window(ordered=False)``), whose entries sit at
+    fixed positions per producer, so the two windows combine entry by entry."""
+    a, b = _storage_order_window(after, round, lag), _storage_order_window(before, round, lag)
+    P, K, S = after.version.shape
+    owner = jnp.concatenate([jnp.full((K,), -1, jnp.int32), jnp.repeat(jnp.arange(K, dtype=jnp.int32), S)])
+    own = owner[None, None, :] == jnp.arange(K, dtype=jnp.int32)[None, :, None]          # [1, K, W]
+    return jax.tree.map(lambda x, y: jnp.where(own.reshape(own.shape + (1,) * (x.ndim - 3)), y, x), a, b)
+
+
 def bus_axes(bus: Bus) -> Bus:
     """Logical axes of every leaf (pdt_jax/sharding.py): prompts over ``batch``, producers over
     ``streams``, the ring over ``bus_slots``, note vectors over ``notes``."""

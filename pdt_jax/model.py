@@ -90,14 +90,15 @@ def block_index(T: int, target_start_B: jax.Array, block_size: int) -> jax.Array
 
 
 def training_window_mask(block_BxT: jax.Array, present_PxKxU: jax.Array, cfg: SidecarConfig,
-                         visible_producers_KxK: jax.Array | None = None) -> jax.Array:
+                         visible_producers_KxK: jax.Array | None = None, lag: int | None = None) -> jax.Array:
     """[B, T, 1 + K·U] bool: entry 0 is snapshot 0, entry 1 + j·U + u is producer j's note of block u.
 
     Token in block v of consumer k sees snapshot 0, and note (j, u) iff u + 1 ≤ v − Δ (stamp rule),
     the note is still live — producer j published fewer than ``bus_capacity`` notes after it before
     round v (a producer that stopped writing keeps its last notes) — block u of j exists, and j is a
     producer k may read. Prompt tokens (v = −1) see nothing: at inference the prompt is encoded
-    before the planner has written snapshot 0."""
+    before the planner has written snapshot 0. ``lag``: Δ (default the sidecar's)."""
+    lag = cfg.lag if lag is None else lag
     B, T = block_BxT.shape
     P, K, U = present_PxKxU.shape
     v = block_BxT[:, :, None, None]                                  # [B, T, 1, 1]
@@ -108,12 +109,31 @@ def training_window_mask(block_BxT: jax.Array, present_PxKxU: jax.Array, cfg: Si
     before_v = jnp.take_along_axis(written[:, None, :, :], upto[:, :, None, None], axis=-1)   # [B, T, K, 1]
     before_v = jnp.where(v >= 1, before_v, 0)
     live = before_v - written[:, None, :, :] < cfg.bus_capacity
-    mask = (u + 1 <= v - cfg.lag) & live & present[:, None, :, :]
+    mask = (u + 1 <= v - lag) & live & present[:, None, :, :]
     if visible_producers_KxK is not None:
         consumer = jnp.tile(jnp.arange(K), P)                          # row → stream index
         mask = mask & visible_producers_KxK[consumer][:, None, :, None]
     snap = (block_BxT >= 0)[:, :, None]
     return jnp.concatenate([snap, mask.reshape(B, T, K * U)], axis=-1)
+
+
+def retry_window_mask(block_BxT: jax.Array, present_PxKxU: jax.Array, cfg: SidecarConfig,
+                      visible_producers_KxK: jax.Array | None = None) -> jax.Array:
+    """``training_window_mask``'s layout, for each block's retry: what a stream reads when it alone
+    failed the readiness gate on block v and decodes it again (``runtime/orchestrator.py``: round
+    v + 1's window, horizon v + 1 − Δ, without its own rolled-back note of block v). Its siblings'
+    entries are those block v + 1 reads; its own, those block v reads at lag Δ − 1 except block v's."""
+    B, T = block_BxT.shape
+    P, K, U = present_PxKxU.shape
+    siblings = training_window_mask(jnp.where(block_BxT >= 0, block_BxT + 1, block_BxT), present_PxKxU, cfg,
+                                    visible_producers_KxK)
+    own = training_window_mask(block_BxT, present_PxKxU, cfg, visible_producers_KxK, lag=cfg.lag - 1)
+    u = jnp.arange(U)
+    own_entry = (jnp.arange(K)[None, :] == jnp.tile(jnp.arange(K), P)[:, None])                   # [B, K]
+    own_entry = jnp.repeat(own_entry, U, axis=1)[:, None, :]                                      # [B, 1, K·U]
+    before_block = jnp.tile(u, K)[None, None, :] < block_BxT[:, :, None]                          # [B, T, K·U]
+    notes = jnp.where(own_entry, own[..., 1:] & before_block, siblings[..., 1:])
+    return jnp.concatenate([siblings[..., :1], notes], axis=-1)
 
 
 def _window_notes(snapshot0_PxN, notes_PxKxUxN, K):
@@ -165,7 +185,7 @@ def edit_bus(notes_PxKxUxN, present_PxKxU, batch: Mapping[str, Any], teacher=Non
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
                   gate: float = 1.0, stop_grad_notes: bool = False, pass_a: str = "snapshot0",
                   visible_producers: jax.Array | None = None, moe_impl: str = "auto", passes: int = 2,
-                  remat: bool = False, q_chunk: int | None = None) -> dict:
+                  remat: bool = False, q_chunk: int | None = None, retry: bool = False) -> dict:
     """Teacher-forced PDT over P examples × K streams.
 
     batch: tokens [P, K, T] int32 (prompt + stream target, right-padded), lengths [P, K],
@@ -177,6 +197,11 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
       speculative_notes [P, K, U, N] (pass n's heads); block_present [P, K, U];
       coverage_logits [P, K, U, S] (per block end); readiness_logits [P, K, U];
       stream_logits [P, K, K]; window_mask [B, T, W]; hidden [B, T, D].
+    ``retry``: one more pass, without gradients except the agreement head's, in which every block
+    reads the window its retry would (``retry_window_mask``, pass n − 1's notes): adds
+    ``retry_readiness_logits``, ``retry_window_size`` and ``retry_differs`` [P, K, U]. Like the passes
+    themselves it approximates inference: the blocks before v read their retry windows too (at
+    inference they were committed with their own).
     """
     sc, K = cfg.sidecar, cfg.K
     tokens = jnp.asarray(batch["tokens"])
@@ -191,11 +216,11 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     gate_B = jnp.full((B,), gate, jnp.float32)
     plan_ids = jnp.asarray(batch["plan_ids"])
 
-    def run(window, mask_BxTxW):
+    def run(window, mask_BxTxW, trunk_p=trunk_params, side_p=sidecar_params):
         notes_BxWxN, entries_BxW = window
-        ctx = HookContext(params=sidecar_params, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B,
+        ctx = HookContext(params=side_p, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B,
                           q_chunk=q_chunk)
-        hidden, _ = trunk_model.prefill(trunk_params, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
+        hidden, _ = trunk_model.prefill(trunk_p, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
                                         moe_impl=moe_impl, remat=remat, q_chunk=q_chunk)
         return hidden
 
@@ -219,7 +244,8 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
             raise ValueError("forward_train: pass_a='teacher' needs batch['teacher_notes'] [P, K, U, N]")
         bus_notes = teacher
         window = _window_notes(snapshot0, teacher, K)
-        mask = training_window_mask(block, jnp.any(teacher != 0, axis=-1), sc, visible_producers)
+        bus_present = jnp.any(teacher != 0, axis=-1)
+        mask = training_window_mask(block, bus_present, sc, visible_producers)
     else:
         raise ValueError(f"pass_a: expected 'snapshot0' or 'teacher', found {pass_a!r}")
     hidden = run(window, mask)
@@ -229,8 +255,8 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         bus_notes = heads.note_head(sidecar_params["spec_head"], pooled_prev).reshape(P, K, U, -1)
         if stop_grad_notes:
             bus_notes = jax.lax.stop_gradient(bus_notes)
-        bus_notes, present = edit_bus(bus_notes, present_B.reshape(P, K, U), batch, teacher)
-        mask = training_window_mask(block, present, sc, visible_producers)
+        bus_notes, bus_present = edit_bus(bus_notes, present_B.reshape(P, K, U), batch, teacher)
+        mask = training_window_mask(block, bus_present, sc, visible_producers)
         window = _window_notes(snapshot0, bus_notes, K)
         hidden = run(window, mask)
     window_b, mask_b = window[0], mask
@@ -252,17 +278,34 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     summary = heads.window_summary(window_b[:, None, :, :], block_masks)                  # [B, U, N]
     readiness = heads.readiness_logit(sidecar_params["agree"], pooled, summary, coverage, spec)
     streams = heads.stream_logits(sidecar_params["stream_cls"], hidden, target_mask)
+    shape = lambda x: x.reshape(P, K, *x.shape[1:])
+    retry_out = {}
+    if retry:
+        if passes < 2 and pass_a != "teacher":
+            raise ValueError("forward_train: retry pairs read notes; they need passes >= 2 or pass_a='teacher'")
+        sg = jax.lax.stop_gradient
+        side_sg = sg(sidecar_params)
+        mask_r = retry_window_mask(block, bus_present, sc, visible_producers)
+        hidden_r = run(sg(window), mask_r, sg(trunk_params), side_sg)
+        pooled_r, _ = heads.block_pool(hidden_r, block, U)
+        cov_r = coverage_logits(side_sg, item_ids, hidden_r, target_mask, ends, sc.coverage_heads)
+        masks_r = jnp.take_along_axis(mask_r, first[:, :, None], axis=1)
+        summary_r = heads.window_summary(sg(window_b)[:, None, :, :], masks_r)
+        ready_r = heads.readiness_logit(sidecar_params["agree"], pooled_r, summary_r, cov_r,
+                                        heads.note_head(side_sg["spec_head"], pooled_r))
+        differs = jnp.any(masks_r != block_masks, axis=-1) & present_B
+        retry_out = {"retry_readiness_logits": shape(ready_r), "retry_differs": shape(differs),
+                     "retry_window_size": shape(masks_r.sum(-1).astype(jnp.int32))}
 
     # The planner reads the prompt tokens of all the example's stream rows.
     prompt_mask = (jnp.arange(T)[None, :] < start[:, None]) & in_row
     planner = heads.planner_logits(sidecar_params["planner"], sidecar_params["plan_embed"],
                                    hidden.reshape(P, K * T, -1), prompt_mask.reshape(P, K * T))
-    shape = lambda x: x.reshape(P, K, *x.shape[1:])
     return {
         "lm_logits": lm_logits, "hidden": hidden, "planner_logits": planner, "snapshot0": snapshot0,
         "bus_notes": bus_notes, "notes": shape(notes), "speculative_notes": shape(spec),
         "block_present": present, "coverage_logits": shape(coverage), "readiness_logits": shape(readiness),
-        "stream_logits": shape(streams), "window_mask": mask_b,
+        "stream_logits": shape(streams), "window_mask": mask_b, **retry_out,
     }
 
 

@@ -8,8 +8,9 @@ Per round v (ARCHITECTURE.md data flow "Infer"), three steps, each its own metho
   2. ``_retry``: a failed stream is rolled back — its tokens discarded, its cache length, logits and
      accumulators back at the block start, its note off the bus — and retries the block reading the
      window round v + 1 would read (``window_round`` v + 1, horizon v + 1 − Δ): the lag holds for
-     retries too, so a retry reads a window training produces (the next block's) and the readiness
-     head is never asked about one it was not trained on. With Δ = 0 that window holds what the
+     retries too, and training's retry pairs (``train/forward.py``, losses ``retry``) teach the
+     readiness head this very question — the block again under that window, without the stream's
+     own rolled-back note (``bus.retry_window``). With Δ = 0 that window holds what the
      siblings published at the end of the failed block (the paper's "fresher shared context"); with
      Δ ≥ 1 it adds the notes published one round earlier. A retry that would
      repeat the attempt exactly — greedy decoding from the same state, reading the same notes —

@@ -92,10 +92,13 @@ def coverage_step(side_p, item_ids_BxS, hidden_BxTxD, written_BxT, small: Small,
     return coverage.readout(side_p["coverage"], cov), small.replace(cov_max=cov[0], cov_den=cov[1], cov_num=cov[2])
 
 
-def _window(bus, static: RoundStatic, window_round, lag, cf, key):
+def _window(bus, static: RoundStatic, window_round, lag, cf, key, given=None):
     cfg = static.cfg
-    P, K = bus.count.shape
-    w = bus_lib.visible_window(bus, window_round, lag, ordered=static.canonical_window)
+    if given is None:
+        w = bus_lib.visible_window(bus, window_round, lag, ordered=static.canonical_window)
+    else:
+        w = given
+    P, K = w.mask.shape[:2]
     if static.freeze:
         w = bus_lib.freeze(w, cf["frozen"], cf["freeze"])
     if static.canonical_window:
@@ -110,10 +113,12 @@ def _window(bus, static: RoundStatic, window_round, lag, cf, key):
 
 
 def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, small: Small, bus, item_ids,
-             window_round, lag, active, remaining, gate, alpha, temperature, top_p, key, cf, forced=None):
+             window_round, lag, active, remaining, gate, alpha, temperature, top_p, key, cf, forced=None, window=None):
     """Decode up to τ tokens for every active row (a lax.scan of ``trunk.decode.step``), then write
     the provisional note, coverage and readiness. ``remaining`` [B]: tokens a row may still write
-    this round; ``forced`` [B, τ]: teacher-forced tokens (training's exact form) instead of choices.
+    this round; ``forced`` [B, τ]: teacher-forced tokens (training's exact form) instead of choices;
+    ``window``: the window every consumer reads, when the caller built it (training's retry pairs)
+    instead of the bus's at ``window_round``.
     Returns the window read this round only when a freeze counterfactual may need it; ``out`` also
     holds every step's hidden state [B, τ, D] and the logits each token was chosen from [B, τ, V]
     (dropped by the runtime's packing, read by training)."""
@@ -123,7 +128,7 @@ def round_fn(static: RoundStatic, trunk_p, side_p, cache: KVCache, base_cache, s
     hooks = cfg.hooks()
     sampling = decode.Sampling(greedy=static.greedy, top_k=static.top_k)
     key, wkey = jax.random.split(key)
-    window, notes, mask, entries = _window(bus, static, window_round, lag, cf, wkey)
+    window, notes, mask, entries = _window(bus, static, window_round, lag, cf, wkey, window)
     # The window is fixed for the whole round: SNC's keys and values are projected once here, not
     # once per token and layer inside the scan.
     ctx = HookContext(params=side_p, notes=notes, mask=mask[:, None, :], entries=entries, gate=gate).with_snc_kv(hooks)

@@ -11,6 +11,8 @@ and, per row, everything the losses need, at the granularity the trainer works a
   restate what a sibling stream introduced (``records.shared_spans``: the ``shared`` loss term);
 * ``readiness`` [U], ``coverage`` [U, S] and ``block_mask`` [U]: ``records.block_labels`` at
   blocks of τ tokens under lag Δ (what the bus carries when the runtime decodes that block);
+  ``readiness_retry`` [U]: the same labels at horizon v + 1 − Δ (lag Δ − 1), what the bus carries
+  when the stream retries block v (the runtime's retry reads round v + 1's window);
 * ``teacher_notes`` [U, N]: the trunk-embedded teacher note each block reads
   (``teacher_notes.block_teacher_notes``, cached once per trunk and dataset, D6);
 * the KD teacher's row (D7): the same prompt, then the document text that precedes the stream's
@@ -102,9 +104,10 @@ class Featurizer:
             masks.append(label)
             shared_masks.append(label & np.array([any(a < e and s < b for a, b in shared[k]) for s, e in offs], bool))
         readiness, coverage = R.block_labels(record, spans, sp.block_size, sp.lag)
+        retry, _ = R.block_labels(record, spans, sp.block_size, sp.lag - 1)
         arrays = R.to_arrays(record, sp.plan_slots)
         out = {"rows": rows, "target_start": starts, "label_masks": masks, "shared_masks": shared_masks,
-               "readiness": readiness, "coverage": coverage, "plan_ids": arrays["plan_item_ids_P"],
+               "readiness": readiness, "readiness_retry": retry, "coverage": coverage, "plan_ids": arrays["plan_item_ids_P"],
                "coverage_item_mask": arrays["coverage_mask_P"], "truncated": truncated, "example_id": ex}
         if self.notes is not None:
             if ex not in self.notes:
@@ -136,7 +139,7 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
     """Pads ``accum × P`` featurized examples to one bucket: arrays [A, P, K, ...] (A = accum).
     Fields: tokens, lengths, target_start, label_mask [.., T] (the token at t is supervised),
     shared_mask [.., T] (... and restates a sibling's fact),
-    plan_ids [A, P, S], coverage_item_mask, readiness [.., U], coverage [.., U, S], block_mask,
+    plan_ids [A, P, S], coverage_item_mask, readiness [.., U], readiness_retry [.., U], coverage [.., U, S], block_mask,
     teacher_notes [.., U, N] (when cached), kd_tokens / kd_lengths / kd_index (when KD rows)."""
     n = len(examples)
     if n % accum:
@@ -148,7 +151,8 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
     f = lambda *shape, dt=np.int32: np.zeros((n, K) + shape, dt)
     out = {"tokens": f(T), "lengths": f(), "target_start": f(), "label_mask": f(T, dt=bool),
            "shared_mask": f(T, dt=bool),
-           "readiness": f(U, dt=np.float32), "coverage": f(U, S, dt=np.float32), "block_mask": f(U, dt=bool),
+           "readiness": f(U, dt=np.float32), "readiness_retry": f(U, dt=np.float32),
+           "coverage": f(U, S, dt=np.float32), "block_mask": f(U, dt=bool),
            "plan_ids": np.zeros((n, S), np.int32), "coverage_item_mask": np.zeros((n, S), bool),
            "truncated": np.zeros((n,), np.int32)}
     has_notes = "teacher_notes" in examples[0]
@@ -170,6 +174,7 @@ def collate(examples: Sequence[dict], spec: RowSpec, accum: int = 1) -> dict:
             out["shared_mask"][i, k, s:L] = e["shared_masks"][k]
             u = min(len(e["readiness"][k]), U, (n_target - 1) // tau + 1)
             out["readiness"][i, k, :u] = e["readiness"][k][:u]
+            out["readiness_retry"][i, k, :u] = e["readiness_retry"][k][:u]
             out["block_mask"][i, k, :u] = True
             cov = np.asarray(e["coverage"][k], np.float32).reshape(len(e["coverage"][k]), -1)[:u]
             out["coverage"][i, k, :u, :cov.shape[1]] = cov

@@ -34,14 +34,16 @@ FORMS = ("exact", "passes")
 
 def forward(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: pdt.PDTConfig,
             form: str = "exact", passes: int = 2, gate: float = 1.0, stop_grad_notes: bool = False,
-            remat: bool = False, moe_impl: str = "auto", q_chunk: int | None = None) -> dict:
-    """The training forward of ``form`` ('exact' or 'passes', with ``passes`` passes)."""
+            remat: bool = False, moe_impl: str = "auto", q_chunk: int | None = None, retry: bool = False) -> dict:
+    """The training forward of ``form`` ('exact' or 'passes', with ``passes`` passes); ``retry``:
+    with each block's retry pair (``forward_exact``, ``model.forward_train``)."""
     if form == "exact":
         return forward_exact(trunk_params, sidecar_params, batch, cfg=cfg, gate=gate,
-                             stop_grad_notes=stop_grad_notes, remat=remat, moe_impl=moe_impl)
+                             stop_grad_notes=stop_grad_notes, remat=remat, moe_impl=moe_impl, retry=retry)
     if form == "passes":
         return pdt.forward_train(trunk_params, sidecar_params, batch, cfg=cfg, gate=gate, passes=passes,
-                                 stop_grad_notes=stop_grad_notes, moe_impl=moe_impl, remat=remat, q_chunk=q_chunk)
+                                 stop_grad_notes=stop_grad_notes, moe_impl=moe_impl, remat=remat, q_chunk=q_chunk,
+                                 retry=retry)
     raise ValueError(f"train.forward.form: expected one of {FORMS}, found {form!r}")
 
 
@@ -63,7 +65,7 @@ def _regularise(small, emit_B, batch, v, P: int, K: int):
 
 def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: pdt.PDTConfig,
                   gate: float = 1.0, lag=None, note_every: int | None = None, stop_grad_notes: bool = False,
-                  remat: bool = False, moe_impl: str = "auto") -> dict:
+                  remat: bool = False, moe_impl: str = "auto", retry: bool = False) -> dict:
     """Teacher-forced PDT, round by round as the runtime decodes (module docstring).
 
     batch: as ``model.forward_train`` (tokens [P, K, T], lengths, target_start, plan_ids, optional
@@ -74,7 +76,14 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     The bus regularisers (``model.edit_bus``'s batch fields) act on what each round publishes.
     Returns ``model.forward_train``'s keys (``bus_notes``: the provisional note of each round, what a
     publish writes without regularisers; ``window_mask`` is replaced by ``window_size`` [P, K, U]) plus ``published``
-    [P, K, U] (the round's note went on the bus)."""
+    [P, K, U] (the round's note went on the bus).
+
+    ``retry``: also each block's retry pair — the block decoded again from the same start, reading
+    the window the runtime's retry reads when that stream alone fails the gate (``bus.retry_window``:
+    round v + 1's, without its own note of block v) — returning ``retry_readiness_logits``
+    [P, K, U], ``retry_window_size`` [P, K, U] and ``retry_differs`` [P, K, U] (that window differs from the attempt's: otherwise a
+    greedy runtime commits instead of retrying). Only the agreement head gets a gradient from it:
+    the retry pass sees every other parameter, the state and the notes as constants."""
     sc, K = cfg.sidecar, cfg.K
     tau = sc.block_size
     M = tau if note_every is None else int(note_every)
@@ -115,12 +124,17 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     forced = forced.reshape(B, U, tau).transpose(1, 0, 2)
     key = jax.random.key(0)  # unused: greedy programs never sample
 
+    if retry:
+        sg = jax.lax.stop_gradient
+        retry_side = dict(sg(sidecar_params), agree=sidecar_params["agree"])
+
     def one_round(carry, xs):
         cache, small, bus, since, emit_prev = carry
         v, forced_B = xs
         bus, small = program.publish(bus, small, v, emit_prev.reshape(P, K))   # stamp v: notes of round v − 1
         remaining = jnp.clip(target_len - v * tau, 0, tau)
         active = remaining > 0
+        start_cache, start_small = cache, small
         cache, _, small, _, out, _ = program.round_fn(
             static, trunk_params, sidecar_params, cache, None, small, bus, item_ids, v, lag, active, remaining,
             gate_B, 1.0, 1.0, 1.0, key, {}, forced=forced_B)
@@ -133,6 +147,19 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         small, emit = _regularise(small, emit, batch, v, P, K)   # what is published (training only)
         ys = {k: out[k] for k in ("hidden", "coverage", "readiness", "window_size", "produced")}
         ys["note"] = ys_note
+        if retry:
+            # The block again, from its start, reading what a retry reads (round v + 1's window
+            # without the stream's own note of this block).
+            after, _ = program.publish(bus, small, v + 1, emit.reshape(P, K))
+            w_retry = sg(bus_lib.retry_window(bus, after, v + 1, lag))
+            w_attempt = bus_lib.visible_window(bus, v, lag, ordered=False)
+            _, _, _, _, out_r, _ = program.round_fn(
+                static, sg(trunk_params), retry_side, sg(start_cache), None, sg(start_small), None, item_ids, v + 1,
+                lag, active, remaining, gate_B, 1.0, 1.0, 1.0, key, {}, forced=forced_B, window=w_retry)
+            differs = jnp.any((w_retry.mask != w_attempt.mask)
+                              | (w_retry.mask & (w_retry.version != w_attempt.version)), axis=-1)
+            ys.update(retry_readiness=out_r["readiness"], retry_differs=differs.reshape(B),
+                      retry_window_size=out_r["window_size"])
         return (cache, small, bus, since, emit), dict(ys, published=emit)
 
     body = jax.checkpoint(one_round) if remat else one_round
@@ -165,4 +192,7 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         "block_present": present, "coverage_logits": jnp.where(present[..., None], per_block(ys["coverage"]), 0.0),
         "readiness_logits": jnp.where(present, per_block(ys["readiness"]), 0.0), "stream_logits": shape(streams),
         "window_size": per_block(ys["window_size"]), "published": per_block(ys["published"]),
+        **({"retry_readiness_logits": jnp.where(present, per_block(ys["retry_readiness"]), 0.0),
+            "retry_differs": present & per_block(ys["retry_differs"]),
+            "retry_window_size": per_block(ys["retry_window_size"])} if retry else {}),
     }

@@ -98,6 +98,9 @@ def check(config: ConfigDict, num_devices: int | None = None) -> pdt.PDTConfig:
                               f"(terms lm and shared); found {others}")
         if not any(str(r).startswith("trunk/") for r in st.trainable):
             raise ConfigError("stage.trainable: the 'document' form trains the trunk; give trunk/.*")
+    if float(st.losses.get("retry", 0.0)) > 0 and form not in ("exact", "passes"):
+        raise ConfigError(f"stage.losses.retry: retry pairs read the streams' own notes; stage.forward.form "
+                          f"{form!r} has none (use 'exact' or 'passes')")
     buckets = tuple(int(b) for b in config.data.buckets)
     if not buckets or list(buckets) != sorted(set(buckets)):
         raise ConfigError(f"data.buckets: increasing row lengths, found {list(config.data.buckets)}")

@@ -17,6 +17,10 @@ Terms (``TERMS``; a stage's weights choose which count, every computed term is l
 * ``coverage``: BCE per block and plan item against the 0 / 0.5 / 1 labels, hint-provenance items
   and padded slots masked.
 * ``readiness``: BCE per block against the lag-Δ readiness labels.
+* ``retry``: the same BCE on each block's retry pair — the readiness the runtime asks for when a
+  stream that failed the gate decodes the block again reading round v + 1's window (``forward``'s
+  ``retry``) — against the labels at horizon v + 1 − Δ (``readiness_retry``), on the blocks whose
+  retry window differs from the attempt's (a greedy runtime commits the others without asking).
 * ``stream``: CE of the stream classifier (which stream wrote this row).
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-TERMS = ("planner", "notes", "spec", "lm", "shared", "kd", "coverage", "readiness", "stream")
+TERMS = ("planner", "notes", "spec", "lm", "shared", "kd", "coverage", "readiness", "retry", "stream")
 
 
 def _mean(x, mask):
@@ -141,6 +145,9 @@ def compute(out: Mapping, batch: Mapping, weights: Mapping[str, float], *, kd_lo
         terms["coverage"] = _mean(_bce(out["coverage_logits"], batch["coverage"]), m)
     if on("readiness"):
         terms["readiness"] = _mean(_bce(out["readiness_logits"], batch["readiness"]), real_blocks())
+    if on("retry"):
+        terms["retry"] = _mean(_bce(out["retry_readiness_logits"], batch["readiness_retry"]),
+                               real_blocks() & out["retry_differs"])
     if on("stream"):
         logp = jax.nn.log_softmax(out["stream_logits"].astype(jnp.float32), axis=-1)     # [P, K, K]
         terms["stream"] = -jnp.mean(jnp.diagonal(logp, axis1=1, axis2=2))

@@ -76,11 +76,12 @@ def model_forward(static: StepStatic, params, batch, rng):
         return pdt.forward_train(trunk, side, batch, cfg=cfg, gate=static.gate, pass_a="teacher", passes=1,
                                  moe_impl=static.moe_impl, **memory)
     b = regularisers(static, batch, rng)
+    retry = static.weight_map.get("retry", 0.0) > 0   # each block's retry pair (losses "retry")
     if static.form == "exact":
         return train_forward.forward_exact(trunk, side, b, cfg=cfg, gate=static.gate, remat=static.remat,
-                                           moe_impl=static.moe_impl)
+                                           moe_impl=static.moe_impl, retry=retry)
     return pdt.forward_train(trunk, side, b, cfg=cfg, gate=static.gate, passes=static.passes, moe_impl=static.moe_impl,
-                             **memory)
+                             retry=retry, **memory)
 
 
 def regularisers(static: StepStatic, batch, rng) -> dict:
@@ -196,10 +197,14 @@ def eval_step(static: StepStatic, params, batch):
         return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()}}
     mask = batch["block_mask"] & out["block_present"]
     cov_mask = mask[..., None] & batch["coverage_item_mask"][:, None, None, :]
+    retry = {}
+    if "retry_readiness_logits" in out:
+        retry = {"retry_prob": jax.nn.sigmoid(out["retry_readiness_logits"]), "retry_label": batch["readiness_retry"],
+                 "retry_mask": mask & out["retry_differs"]}
     return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
             "readiness_prob": jax.nn.sigmoid(out["readiness_logits"]), "readiness_label": batch["readiness"],
             "readiness_mask": mask, "coverage_prob": jax.nn.sigmoid(out["coverage_logits"]),
-            "coverage_label": batch["coverage"], "coverage_mask": cov_mask}
+            "coverage_label": batch["coverage"], "coverage_mask": cov_mask, **retry}
 
 
 # ---- shardings ------------------------------------------------------------------------------------

@@ -131,6 +131,13 @@ def validation_metrics(evals: list[dict], coverage_threshold: float = 0.5) -> tu
     out["readiness/roc_auc"] = calibration["roc_auc"]
     out["readiness/gamma"] = calibration["agreement_threshold"]
     out["readiness/positive_rate"] = float(rl.mean()) if len(rl) else float("nan")
+    if "retry_mask" in evals[0]:   # the retry pairs (losses "retry"): scored on their own, same γ
+        qm = np.concatenate([np.asarray(e["retry_mask"]).reshape(-1) for e in evals])
+        qp = np.concatenate([np.asarray(e["retry_prob"]).reshape(-1) for e in evals])[qm]
+        ql = np.concatenate([np.asarray(e["retry_label"]).reshape(-1) for e in evals])[qm]
+        out["readiness/retry_roc_auc"] = roc_auc(qp, ql)
+        out["readiness/retry_positive_rate"] = float(ql.mean()) if len(ql) else float("nan")
+        out["readiness/retry_pairs"] = float(len(ql))
     cm = np.concatenate([np.asarray(e["coverage_mask"]).reshape(-1) for e in evals])
     cp = np.concatenate([np.asarray(e["coverage_prob"]).reshape(-1) for e in evals])[cm]
     cl = np.concatenate([np.asarray(e["coverage_label"]).reshape(-1) for e in evals])[cm]

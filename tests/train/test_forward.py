@@ -28,12 +28,19 @@ def model():
     return cfg, trunk, with_readiness_bias(side, 50.0), tok  # every block commits: no rollback
 
 
-def runtime_rounds(model, lag):
-    """The runtime's greedy run (Spy: every round's device output) and its text as a training batch."""
+def runtime_rounds(model, lag, wrap=Spy, **options):
+    """The runtime's greedy run (``wrap``: a Spy keeping every round's device output) and its text
+    as a training batch."""
     cfg, trunk, side, tok = model
-    opts = RuntimeOptions(max_new_tokens=ROUNDS * cfg.sidecar.block_size, lag=lag)
-    spy = Spy(DeviceEngine(cfg, trunk, side, opts, 1, 128))
+    opts = RuntimeOptions(max_new_tokens=ROUNDS * cfg.sidecar.block_size, lag=lag, **options)
+    spy = wrap(DeviceEngine(cfg, trunk, side, opts, 1, 128))
     m = run_pdt(cfg, trunk, side, tok, [PROMPT], opts, stream_prefixes=PREFIXES, engine=spy)[0]
+    if wrap is not Spy:
+        return spy, m, _batch(cfg, tok, m)
+    return spy.rounds, _batch(cfg, tok, m)
+
+
+def _batch(cfg, tok, m):
     names = cfg.sidecar.stream_names
     rows = [tok.prompt(PROMPT, prefix=PREFIXES[n]) for n in names]
     gen = [m["streams"][n]["token_ids"] for n in names]
@@ -41,9 +48,8 @@ def runtime_rounds(model, lag):
     toks, lens, start = np.zeros((1, 3, T), np.int32), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.int32)
     for k, (r, g) in enumerate(zip(rows, gen)):
         toks[0, k, :len(r) + len(g)], lens[0, k], start[0, k] = r + g, len(r) + len(g), len(r)
-    batch = {"tokens": toks, "lengths": lens, "target_start": start,
-             "plan_ids": np.asarray(m["plan"]["slot_ids"], np.int32)[None]}
-    return spy.rounds, batch
+    return {"tokens": toks, "lengths": lens, "target_start": start,
+            "plan_ids": np.asarray(m["plan"]["slot_ids"], np.int32)[None]}
 
 
 def margins_at(lm_logits, batch, k, v, tau):
@@ -94,6 +100,61 @@ def test_exact_form_equals_the_runtime_at_every_round(model):
             assert max(diff[:exact_through + 1]) < 1e-4, diff
             assert max(diff[exact_through + 1:]) > 1e-3, diff
     assert len(traces) == 1  # Δ is traced: one program for every lag
+
+
+class FailOnce(Spy):
+    """Keeps every dispatch's (window round, active rows, output) and fails stream ``row``'s first
+    attempt at round ``at`` (its readiness read as −50), so the runtime rolls that stream alone back
+    and retries the block."""
+
+    def __init__(self, engine, row=0, at=2):
+        super().__init__(engine)
+        self.row, self.at, self.dispatched = row, at, []
+
+    def submit(self, window_round, active, remaining, gate):
+        fetch = self.engine.submit(window_round, active, remaining, gate)
+        first = window_round == self.at and all(w != self.at for w, _, _ in self.dispatched)
+        record = [window_round, np.asarray(active).copy(), None]
+        self.dispatched.append(record)
+
+        def spied():
+            out = fetch()
+            record[2] = out
+            if first:
+                out = dict(out, readiness=np.where(np.arange(len(out["readiness"])) == self.row, -50.0,
+                                                   out["readiness"]))
+            return out
+        return spied
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+def test_the_retry_pair_training_scores_is_the_runtimes_retry(model, lag):
+    """A stream that fails the gate retries its block reading round v + 1's window without its own
+    rolled-back note; the exact form's retry pair of that block has the runtime's retry readiness
+    and window (1e-5), and differs from the attempt (the retry window holds the siblings' new
+    notes). The passes form's retry windows (``model.retry_window_mask``) hold the same entries."""
+    cfg, trunk, side, _ = model
+    at = 2
+    spy, m, batch = runtime_rounds(model, lag, wrap=FailOnce, run_ahead=False, max_retries=1)
+    assert [r["stride_index"] for r in m["rollbacks"]] == [at] and m["rollbacks"][0]["stream"] == "stream_1"
+    (retry,) = [(w, a, o) for w, a, o in spy.dispatched if a.sum() == 1]
+    assert retry[0] == at + 1 and retry[1][0]
+    out = jax.device_get(jax.jit(lambda b: train_forward.forward_exact(trunk, side, b, cfg=cfg, lag=lag,
+                                                                       retry=True))(batch))
+    np.testing.assert_allclose(out["retry_readiness_logits"][0, 0, at], retry[2]["readiness"][0], atol=1e-5, rtol=0)
+    assert out["retry_window_size"][0, 0, at] == retry[2]["window_size"][0]
+    assert out["retry_differs"][0, 0, at]
+    assert abs(out["retry_readiness_logits"][0, 0, at] - out["readiness_logits"][0, 0, at]) > 1e-3
+    # The streams that did not fail: the attempt is what the runtime ran (their committed blocks).
+    attempt = [o for w, a, o in spy.dispatched if w == at and a.all()][0]
+    np.testing.assert_allclose(out["readiness_logits"][0, 1:, at], attempt["readiness"][1:], atol=1e-5, rtol=0)
+    # The two-pass form's retry windows: the same sizes at every block (entries by the stamp rule).
+    c = dataclasses.replace(cfg, sidecar=dataclasses.replace(cfg.sidecar, lag=lag))
+    tp = jax.device_get(jax.jit(lambda b: pdt.forward_train(trunk, side, b, cfg=c, retry=True))(batch))
+    real = out["block_present"]
+    np.testing.assert_array_equal(tp["retry_window_size"][real], out["retry_window_size"][real])
+    np.testing.assert_array_equal(tp["retry_differs"], out["retry_differs"])
+    assert out["retry_differs"][..., 1:ROUNDS].all() and (out["retry_window_size"] > out["window_size"])[real].any()
 
 
 def test_lm_loss_reaches_a_siblings_note_writer_only_through_visible_notes(model):

@@ -46,6 +46,9 @@ def test_kd_rows_align_with_the_student_token_for_token(records):
     # Labels: the EOS is supervised, prompts never; blocks carry readiness and coverage labels.
     assert b["label_mask"][0, 0, b["lengths"][0, 0] - 1] and not b["label_mask"][0, 0, :b["target_start"][0, 0]].any()
     assert b["block_mask"].any() and 0 < b["readiness"][b["block_mask"]].mean() < 1
+    # A retry reads one round more (horizon v + 1 − Δ): every ready block stays ready, some become so.
+    r, q = b["readiness"][b["block_mask"]], b["readiness_retry"][b["block_mask"]]
+    assert (q >= r).all() and (q > r).any()
     assert set(np.unique(b["coverage"])) <= {0.0, 0.5, 1.0} and (b["coverage"] == 1.0).any()
 
 
@@ -107,6 +110,7 @@ def test_each_term_is_the_hand_computed_one():
              "block_mask": np.ones((P, K, U), bool), "teacher_notes": rng.normal(size=(P, K, U, N)).astype(np.float32),
              "coverage": rng.choice([0.0, 0.5, 1.0], (P, K, U, S)).astype(np.float32),
              "coverage_item_mask": np.array([[True, False, True, False]]), "readiness": np.ones((P, K, U), np.float32),
+             "readiness_retry": rng.integers(0, 2, (P, K, U)).astype(np.float32),
              # The teacher's positions: those that predict a supervised token (3..7), as collate sets them.
              "kd_index": np.where(np.roll(label, -1, axis=-1), np.arange(T), -1).astype(np.int32)}
     out = {"lm_logits": rng.normal(size=(P * K, T, V)).astype(np.float32),
@@ -115,6 +119,9 @@ def test_each_term_is_the_hand_computed_one():
            "speculative_notes": rng.normal(size=(P, K, U, N)).astype(np.float32),
            "block_present": np.ones((P, K, U), bool), "coverage_logits": rng.normal(size=(P, K, U, S)).astype(np.float32),
            "readiness_logits": rng.normal(size=(P, K, U)).astype(np.float32),
+           "retry_readiness_logits": rng.normal(size=(P, K, U)).astype(np.float32),
+           # Blocks whose retry would read the attempt's window again are never asked about.
+           "retry_differs": np.array([[[True, False, True], [True, True, True], [False, True, True]]]),
            "stream_logits": rng.normal(size=(P, K, K)).astype(np.float32)}
     kd = rng.normal(size=(P * K, T, V)).astype(np.float32)
     w = {t: 1.0 for t in losses.TERMS}
@@ -139,6 +146,11 @@ def test_each_term_is_the_hand_computed_one():
     _, terms2 = losses.compute(out2, batch, w, kd_logits=kd, kd_temperature=2.0)
     assert terms2["coverage"] == terms["coverage"] and terms2["planner"] == terms["planner"]
     assert terms["notes"] == pytest.approx(np.mean((out["notes"] - batch["teacher_notes"]) ** 2), rel=1e-5)
+    # retry: BCE of the retry pairs against the retry labels, on the blocks whose window differs.
+    x, y, m = out["retry_readiness_logits"], batch["readiness_retry"], out["retry_differs"]
+    bce = -(y * np.log(1 / (1 + np.exp(-x))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-x))))
+    assert terms["retry"] == pytest.approx(bce[m].mean(), rel=1e-5)
+    assert terms["retry"] != pytest.approx(bce.mean(), rel=1e-3)
     # A zero weight means the term is not computed at all.
     _, only = losses.compute(out, batch, {"lm": 1.0})
     assert set(only) == {"lm"}

@@ -28,6 +28,9 @@ from pdt_jax.trunk.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12
+# Stage 3 trains nine terms at once under one clipped gradient (lr 0.01): its coverage loss needs a
+# few more steps than 12 to come down past an early bump.
+STAGE_STEPS = (STEPS, STEPS, STEPS, 18)
 
 
 def overrides(tmp: Path) -> list[str]:
@@ -45,7 +48,7 @@ def run(tmp_path_factory):
     subprocesses below share (their stage 0 is the same program)."""
     tmp = tmp_path_factory.mktemp("train")
     config = config_files.load("configs/curriculum.py:tiny", overrides(tmp) + [
-        f"--config.steps_per_stage.stage{i}={STEPS}" for i in range(4)])
+        f"--config.steps_per_stage.stage{i}={n}" for i, n in enumerate(STAGE_STEPS)])
     previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -79,7 +82,7 @@ def flat(side) -> dict:
 def test_the_trained_terms_fall_and_exactly_the_trainable_set_changes(run):
     tmp, config, results, _ = run
     cfg = config_files.pdt_config(config.model)
-    assert [r["step"] for r in results] == [STEPS] * 4 and all(r["finished"] for r in results)
+    assert [r["step"] for r in results] == list(STAGE_STEPS) and all(r["finished"] for r in results)
     stages = json.loads((tmp / "run" / "train_run_stages.json").read_text())
     assert [s["stage_name"] for s in stages] == ["planner_pretrain", "stream_bootstrap", "notes_bus", "commit_control"]
     fresh = config_files.load("configs/stage0.py:tiny", overrides(tmp))
@@ -101,7 +104,7 @@ def test_the_trained_terms_fall_and_exactly_the_trainable_set_changes(run):
         for term in TERMS:
             if float(weights[term]) > 0:
                 series = logged[f"loss/{term}"]
-                assert len(series) == STEPS
+                assert len(series) == STAGE_STEPS[stage["stage_index"]]
                 assert np.mean(series[-3:]) < np.mean(series[:3]), (stage["stage_name"], term, series)
 
 
@@ -122,7 +125,8 @@ def test_tensorboard_and_telemetry_files_are_complete(run):
     last = Path(results[-1]["workdir"])
     logged = scalars(last)
     expected = {"loss", "lr", "grad_norm", "perf/step_time_s", "perf/tokens_per_s", "perf/flops_per_s",
-                "validation/readiness/roc_auc", "validation/coverage/precision", "validation/coverage/recall",
+                "validation/readiness/roc_auc", "validation/readiness/retry_roc_auc", "validation/coverage/precision",
+                "validation/coverage/recall",
                 "validation/coverage/f1", "validation/loss", "gates/snc_0", "gates/adapter_1"}
     expected |= {f"loss/{t}" for t in TERMS if float(config.stages.stage3.losses[t]) > 0}
     assert expected <= set(logged), expected - set(logged)
@@ -133,7 +137,7 @@ def test_tensorboard_and_telemetry_files_are_complete(run):
     assert len(thresholds["roc_points"]) == 19 and thresholds["selected_point"] in thresholds["roc_points"]
     assert thresholds["agreement_threshold"] == thresholds["selected_point"]["threshold"]
     report = json.loads((last / "training_report.json").read_text())
-    assert report["global_step"] == STEPS and report["train_metrics"]["loss"]["count"] == STEPS
+    assert report["global_step"] == STAGE_STEPS[3] and report["train_metrics"]["loss"]["count"] == STAGE_STEPS[3]
     manifest = json.loads((last / "train_manifest.json").read_text())
     for key in ("git_sha", "config", "data_fingerprint", "plan_vocab_size", "plan_hash_buckets", "plan_hash_salt",
                 "agreement_threshold", "notes_schema_version"):
@@ -280,7 +284,11 @@ def test_sharded_steps_on_eight_devices_equal_one_device(run):
     (["--config.stage.forward.form=document"], "LM loss only"),
     (["--config.stage.forward.form=document", "--config.stage.losses.coverage=0",
       "--config.stage.losses.readiness=0", "--config.stage.losses.spec=0", "--config.stage.losses.notes=0",
-      "--config.stage.losses.planner=0", "--config.stage.losses.stream=0"], "trains the trunk"),
+      "--config.stage.losses.planner=0", "--config.stage.losses.stream=0", "--config.stage.losses.retry=0"],
+     "trains the trunk"),
+    # retry pairs need the streams' own notes: not the teacher form
+    (["--config.stage.forward.form=teacher", "--config.stage.bus_mix=0", "--config.stage.stream_dropout=0"],
+     "stage.losses.retry"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(run, extra, message, tmp_path):
     tmp = run[0]
