@@ -180,6 +180,12 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
             # their own as well: 0.22 / 0.60 with the bus, 3.07 / 1.56 hidden (bench/bus_probe.py,
             # README "Training").
             stage.losses.shared = 1.0
+        if stage.index >= 3:
+            # At its calibrated γ no block of the demo rolls back (rollback rate 0 in every
+            # setting), so the question the retry pairs teach is never asked; the term would only
+            # reshape stage 3's clipped updates (with it on, measured: redundancy 0.270 with the
+            # bus vs 0.252 ablated — README "The demo").
+            stage.losses.retry = 0.0
     if variant in ("", "20b"):
         # 2048-token rows through 24 layers: keep each layer's input only and recompute the layer in
         # the backward pass, attention and SNC 512 queries at a time (bench/memory_plan.py).
