@@ -17,6 +17,14 @@ Plans (one ``per_device_bytes_<plan>`` field each):
     AdamW state over the stage's trainable set) and batch. Detail fields per stage: trunk, sidecar,
     optimizer state, XLA temporaries, rows, compile time.
 Target: every plan ≤ 80 GB per device (an H100).
+
+``--gpu-target=h100`` (or ``h200``) plans for a mesh of 8 such GPUs *without any GPU*: XLA:GPU
+compiles the sharded programs ahead of time for a described device (jax's deviceless topology:
+``jax.experimental.topologies.get_topology_desc(platform="cuda", target_config=...)``), so its own
+buffer plan of one device — FSDP gathers, collectives and remat as the GPU would run them — comes
+back from ``memory_analysis()`` and nothing runs. It needs jax's CUDA plugin beside jax (no driver,
+no CUDA libraries): ``bash bench/gpu_aot_plan.sh`` installs it outside the project's venv and runs
+the stage plans. Autotuning is off (no device to time kernels on), as in the GPU runs.
 """
 from __future__ import annotations
 
@@ -34,7 +42,66 @@ GB = 1e9
 H100_BYTES = 80e9
 
 
-def _fake_devices(n: int, mock_gpus: int = 0) -> None:
+# Deviceless XLA:GPU targets: the GpuTargetConfig fields XLA reads to compile for a device it cannot
+# query (published figures of each card; the plan depends on memory size and compute capability).
+GPU_TARGETS = {
+    "h100": dict(name="NVIDIA H100 80GB HBM3", memory=84_942_979_072, bandwidth=3_352_320_000_000),
+    "h200": dict(name="NVIDIA H200 141GB HBM3e", memory=151_397_597_184, bandwidth=4_800_000_000_000),
+}
+GPU_XLA_FLAGS = ("--xla_gpu_autotune_level=0",
+                 # cub's radix sort (the MoE's argsort) is instantiated on a CUDA device at the end of
+                 # the compile: without one, XLA's own sort kernel (its scratch is KBs, the plan the same).
+                 "--xla_gpu_enable_cub_radix_sort=false")
+
+
+def gpu_target_config(target: str) -> str:
+    """The text GpuTargetConfigProto of ``target`` (a Hopper card, compute capability 9.0)."""
+    t = GPU_TARGETS[target]
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {t["bandwidth"]}
+  l2_cache_size: 52428800
+  clock_rate_ghz: 1.98
+  device_memory_size: {t["memory"]}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  cuda_compute_capability {{ major: 9 }}
+}}
+platform_name: "CUDA"
+device_description_str: "{t["name"]}"
+"""
+
+
+def gpu_topology_devices(target: str, n: int) -> list:
+    """``n`` devices of a deviceless ``target`` topology (one host): programs compile for them."""
+    from jax.experimental import topologies
+    try:
+        topo = topologies.get_topology_desc(platform="cuda", target_config=gpu_target_config(target),
+                                            topology=f"1x1x{n}")
+    except Exception as e:   # no CUDA plugin: say how to get it
+        raise SystemExit(f"--gpu-target={target}: jax's CUDA plugin cannot build a topology ({e}); install "
+                         "jax-cuda13-plugin and jax-cuda13-pjrt at jax's version beside jax "
+                         "(bash bench/gpu_aot_plan.sh does) and run with JAX_PLATFORMS=cpu") from None
+    return list(topo.devices)
+
+
+def _fake_devices(n: int, mock_gpus: int = 0, gpu_target: str | None = None) -> None:
+    if gpu_target:
+        if "jax" in sys.modules:
+            raise RuntimeError("bench/memory_plan.py sets XLA's GPU flags before jax is imported")
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *GPU_XLA_FLAGS]).strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"   # the plugin then skips its check of CUDA libraries it never loads
+        return
     if mock_gpus:
         # One real GPU posing as host 0 of ``mock_gpus`` one-GPU hosts (jax's mock NCCL topology):
         # jax.devices() lists them all, programs compile for the whole mesh (XLA:GPU's own sharded
@@ -128,9 +195,11 @@ def infer_plan(cfg, prompts: int, context: int, prompt_tokens: int) -> dict:
     return out
 
 
-def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, dtype: str | None = None) -> dict:
+def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, dtype: str | None = None,
+               devices=None) -> dict:
     """Lowers and compiles stage ``stage``'s train step (configs/stage<stage>.py, production
-    default) with abstract sharded state and batch; returns its per-device bytes."""
+    default) with abstract sharded state and batch; returns its per-device bytes. ``devices``:
+    the mesh's devices (default jax.devices(); a deviceless GPU topology's for ``--gpu-target``)."""
     import jax
 
     from bench._train import abstract_batch
@@ -144,7 +213,8 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
     cfg = config_files.pdt_config(config.model)
     if dtype:
         cfg = dataclasses.replace(cfg, trunk=cfg.trunk.replace(dtype=dtype))
-    mesh = cfg.make_mesh()
+    mesh = cfg.make_mesh(devices)
+    devices = list(mesh.devices.flat)
     st, tr = config.stage, config.train
     P = int(tr.batch_size) if P is None else P
     A = int(tr.grad_accum) if accum is None else accum
@@ -173,8 +243,9 @@ def train_plan(stage: int, overrides, P: int | None, T: int, accum: int | None, 
             f"{name}_form": st.forward.form, f"{name}_remat": bool(st.forward.remat),
             f"{name}_q_chunk": int(st.forward.q_chunk),
             f"{name}_mesh": {k: int(v) for k, v in mesh.shape.items()}, f"{name}_dtype": cfg.trunk.dtype,
-            f"{name}_layers": cfg.trunk.num_layers, f"{name}_devices": len(jax.devices()),
-            f"{name}_platform": jax.devices()[0].platform, f"{name}_compile_s": compile_s,
+            f"{name}_layers": cfg.trunk.num_layers, f"{name}_devices": len(devices),
+            f"{name}_platform": devices[0].platform, f"{name}_device_kind": devices[0].device_kind,
+            f"{name}_compile_s": compile_s,
             f"{name}_fsdp_gather_bytes": 2 * max_layer_bytes(params["trunk"])}
 
 
@@ -228,6 +299,9 @@ def main(argv=None):
     ap.add_argument("--mock-gpus", type=int, default=0,
                     help="on one GPU: compile for this many GPUs (one real, the rest mocked; "
                          "JAX_MOCK_GPU_TOPOLOGY=1xNx1): XLA:GPU's per-device plan of the real sharded program")
+    ap.add_argument("--gpu-target", choices=sorted(GPU_TARGETS), default=None,
+                    help="without a GPU: compile the stage plans for --devices GPUs of this kind (deviceless "
+                         "XLA:GPU; needs jax's CUDA plugin: bench/gpu_aot_plan.sh)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--context", type=int, default=8192, help="KV-cache length (tokens per row)")
     ap.add_argument("--prompt-tokens", type=int, default=256)
@@ -241,25 +315,33 @@ def main(argv=None):
                          "estimate on the GPU mesh uses their temporaries (see gpu_share_estimate)")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
-    _fake_devices(args.devices, args.mock_gpus)
+    _fake_devices(args.devices, args.mock_gpus, args.gpu_target)
 
     import jax
 
     from pdt_jax import config_files
 
-    cfg = config_files.pdt_config(config_files.load(args.config, overrides))
-    print(f"memory plan, {args.config} {' '.join(overrides)}, {len(jax.devices())} {jax.devices()[0].platform} "
-          f"devices, mesh {dict(cfg.mesh)}", flush=True)
-    r = {"config": args.config, "overrides": overrides, "devices": len(jax.devices()),
-         "mock_gpus": args.mock_gpus, "platform": jax.devices()[0].platform,
-         "device_kind": jax.devices()[0].device_kind}
     plans = [p.strip() for p in args.plans.split(",") if p.strip()]
+    devices = None
+    if args.gpu_target:
+        if "infer" in plans:
+            raise SystemExit("--gpu-target plans the train steps (--plans=stage0,...); the infer plan runs on "
+                             "fake CPU devices or a GPU")
+        devices = gpu_topology_devices(args.gpu_target, args.devices)
+    shown = devices or jax.devices()
+    cfg = config_files.pdt_config(config_files.load(args.config, overrides))
+    print(f"memory plan, {args.config} {' '.join(overrides)}, {len(shown)} {shown[0].platform} "
+          f"devices ({shown[0].device_kind}), mesh {dict(cfg.mesh)}", flush=True)
+    r = {"config": args.config, "overrides": overrides, "devices": len(shown),
+         "mock_gpus": args.mock_gpus, "gpu_target": args.gpu_target or "", "platform": shown[0].platform,
+         "device_kind": shown[0].device_kind}
     train_overrides = [o.replace("--config.", "--config.model.", 1) for o in overrides]
     shares = load_shares(args.gpu_share)
     for p in plans:
         if not p.startswith("stage"):
             continue
-        t = train_plan(int(p[5:]), train_overrides, args.train_examples, args.train_seq, args.train_accum)
+        t = train_plan(int(p[5:]), train_overrides, args.train_examples, args.train_seq, args.train_accum,
+                       devices=devices)
         r.update(t)
         print(f"{p}: {t[p + '_rows']} rows x {t[p + '_seq']} tokens (x{t[p + '_accum']} micro-batches), form "
               f"{t[p + '_form']}, KD {t[p + '_kd']}, mesh {t[p + '_mesh']}, {t[p + '_trainable_params'] / 1e6:.0f} M "

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = textwrap.dedent("""
@@ -157,3 +159,19 @@ def test_train_step_plan_at_20b_widths_and_its_gpu_share_estimate(tmp_path):
     assert r["stage2_trunk_bytes"] < 0.2 * 3.96e9          # the 1-layer trunk (3.96 GB) split 8 ways
     assert r["per_device_bytes_stage2_gpu_estimate"] == state + 7_000_000_000 + r["stage2_fsdp_gather_bytes"]
     assert r["stage2_gpu_share_file"].endswith("share.json")
+
+
+def test_the_deviceless_gpu_plan_says_what_it_needs_when_the_cuda_plugin_is_absent(tmp_path):
+    """``--gpu-target`` compiles for GPUs that are not there through jax's CUDA plugin
+    (bench/gpu_aot_plan.sh installs it outside the venv; not in the test environment): without it
+    the run stops before compiling anything, naming the flag and the packages; it never plans the
+    infer program (which runs on fake CPU devices or a GPU)."""
+    import importlib.util
+    if importlib.util.find_spec("jax_plugins") is not None:
+        pytest.skip("a jax plugin package is installed here")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    base = [sys.executable, "bench/memory_plan.py", "--gpu-target=h100", "--config.trunk.num_layers=1"]
+    proc = subprocess.run(base + ["--plans=stage4"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and "--gpu-target=h100" in proc.stderr and "jax-cuda13-plugin" in proc.stderr
+    proc = subprocess.run(base + ["--plans=infer"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and "--gpu-target plans the train steps" in proc.stderr
