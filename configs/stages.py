@@ -181,8 +181,9 @@ def variant_stage(stage: ConfigDict, variant: str) -> ConfigDict:
             # README "Training").
             stage.losses.shared = 1.0
         if stage.index >= 3:
-            # At its calibrated γ no block of the demo rolls back (rollback rate 0 in every
-            # setting), so the question the retry pairs teach is never asked; the term would only
+            # At its calibrated γ no block of the demo's PDT rolls back (rollback rate 0 with the
+            # bus and both ablations; 0.7% with the gate at 0, the bare trunk), so the question the
+            # retry pairs teach is not asked of the trained streams; the term would only
             # reshape stage 3's clipped updates (with it on, measured: redundancy 0.270 with the
             # bus vs 0.252 ablated — README "The demo").
             stage.losses.retry = 0.0

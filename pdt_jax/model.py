@@ -249,13 +249,16 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     else:
         raise ValueError(f"pass_a: expected 'snapshot0' or 'teacher', found {pass_a!r}")
     hidden = run(window, mask)
+    # A note is published when its block is complete (the runtime's cadence: every τ tokens), so a
+    # stream's last, partial block never reaches the bus.
+    complete = (jnp.sum(block[:, :, None] == jnp.arange(U), axis=1) >= sc.block_size).reshape(P, K, U)
     for _ in range(passes - 1):
         # Pass i: every stream decodes against the windows built from pass i − 1's notes.
         pooled_prev, present_B = heads.block_pool(hidden, block, U)
         bus_notes = heads.note_head(sidecar_params["spec_head"], pooled_prev).reshape(P, K, U, -1)
         if stop_grad_notes:
             bus_notes = jax.lax.stop_gradient(bus_notes)
-        bus_notes, bus_present = edit_bus(bus_notes, present_B.reshape(P, K, U), batch, teacher)
+        bus_notes, bus_present = edit_bus(bus_notes, complete & present_B.reshape(P, K, U), batch, teacher)
         mask = training_window_mask(block, bus_present, sc, visible_producers)
         window = _window_notes(snapshot0, bus_notes, K)
         hidden = run(window, mask)

@@ -334,3 +334,34 @@ def test_vmap_over_rounds_and_over_buses():
     stacked = jax.tree.map(lambda *x: jnp.stack(x), published([0]), published([0, 1]))
     out = jax.jit(jax.vmap(B.publish))(stacked, jnp.stack([rand_notes(5), rand_notes(6)]), jnp.array([3, 4]))
     assert_tree_equal(jax.tree.map(lambda x: x[1], out), publish(published([0, 1]), rand_notes(6), 4))
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_retry_windows_of_both_training_forms_hold_the_runtimes_entries(capacity, lag):
+    """The window a stream retries block v with when it alone failed (``retry_window``: siblings as
+    round v + 1 sees them, its own notes without block v's, an evicted one live again) holds exactly
+    the entries the passes form's ``model.retry_window_mask`` marks — streams that stop early,
+    producers that publish nothing, notes evicted by capacity."""
+    from pdt_jax import model as pdt
+    from pdt_jax.sidecar.config import SidecarConfig
+    K, U, tau = 3, 6, 2
+    rng = np.random.default_rng(10 * capacity + lag)
+    sc = SidecarConfig(lag=lag, bus_capacity=capacity, block_size=tau)
+    block = np.tile(np.arange(U * tau) // tau, (K, 1))
+    for _ in range(3):
+        written = np.arange(U)[None] < rng.integers(2, U + 1, K)[:, None]          # [K, U] blocks a stream wrote
+        pub = (written & (rng.random(K) > 0.3)[:, None])[None]                     # ... and published
+        marks = np.asarray(pdt.retry_window_mask(jnp.asarray(block), jnp.asarray(pub), sc))
+        bus = B.seed_snapshot0(B.init_bus(1, K, capacity, 2, slack=0), jnp.ones((1, 2)))
+        note = lambda v: jnp.asarray([[[k, v] for k in range(K)]], jnp.float32)   # (producer, block)
+        for v in range(U):
+            if v:
+                bus = B.publish(bus, note(v - 1), v, jnp.asarray(pub[:, :, v - 1]))
+            w = B.retry_window(bus, B.publish(bus, note(v), v + 1, jnp.asarray(pub[:, :, v])), v + 1, lag)
+            for c in np.nonzero(written[:, v])[0]:
+                seen = {("seed",) if w.version[0, c, i] == 0 else tuple(int(x) for x in w.notes[0, c, i])
+                        for i in np.nonzero(np.asarray(w.mask[0, c]))[0]}
+                row = marks[c, v * tau]
+                want = {("seed",)} | {(j, u) for j in range(K) for u in range(U) if row[1 + j * U + u]}
+                assert seen == want, (v, c, sorted(seen, key=str), sorted(want, key=str))

@@ -83,7 +83,8 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     round v + 1's, without its own note of block v) — returning ``retry_readiness_logits``
     [P, K, U], ``retry_window_size`` [P, K, U] and ``retry_differs`` [P, K, U] (that window differs from the attempt's: otherwise a
     greedy runtime commits instead of retrying). Only the agreement head gets a gradient from it:
-    the retry pass sees every other parameter, the state and the notes as constants."""
+    the retry pass sees every other parameter, the state and the notes as constants (with
+    ``remat`` its decode is recomputed in the backward pass too)."""
     sc, K = cfg.sidecar, cfg.K
     tau = sc.block_size
     M = tau if note_every is None else int(note_every)
@@ -194,5 +195,5 @@ def forward_exact(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         "window_size": per_block(ys["window_size"]), "published": per_block(ys["published"]),
         **({"retry_readiness_logits": jnp.where(present, per_block(ys["retry_readiness"]), 0.0),
             "retry_differs": present & per_block(ys["retry_differs"]),
-            "retry_window_size": per_block(ys["retry_window_size"])} if retry else {}),
+            "retry_window_size": jnp.where(present, per_block(ys["retry_window_size"]), 0)} if retry else {}),
     }

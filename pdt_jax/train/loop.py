@@ -140,7 +140,8 @@ def config_digest(config: ConfigDict) -> str:
     for k in ("remat", "q_chunk"):   # memory only: a resume may change them (e.g. after running out of memory)
         d.get("stage", {}).get("forward", {}).pop(k, None)
     # A term at weight 0 is not computed: it cannot change the run, so it is not part of the digest
-    # (a term added after a run started does not stop it from resuming).
+    # (a term added after a run started does not stop it from resuming at weight 0 — e.g. a stage-3
+    # run begun before the retry term resumes with --config.stage.losses.retry=0).
     losses = d.get("stage", {}).get("losses", {})
     for k in [k for k, v in losses.items() if not float(v or 0.0)]:
         losses.pop(k)

@@ -131,7 +131,7 @@ def validation_metrics(evals: list[dict], coverage_threshold: float = 0.5) -> tu
     out["readiness/roc_auc"] = calibration["roc_auc"]
     out["readiness/gamma"] = calibration["agreement_threshold"]
     out["readiness/positive_rate"] = float(rl.mean()) if len(rl) else float("nan")
-    if "retry_mask" in evals[0]:   # the retry pairs (losses "retry"): scored on their own, same γ
+    if "retry_mask" in evals[0]:   # the retry pairs (losses "retry"): their ROC-AUC on its own (γ: first attempts)
         qm = np.concatenate([np.asarray(e["retry_mask"]).reshape(-1) for e in evals])
         qp = np.concatenate([np.asarray(e["retry_prob"]).reshape(-1) for e in evals])[qm]
         ql = np.concatenate([np.asarray(e["retry_label"]).reshape(-1) for e in evals])[qm]

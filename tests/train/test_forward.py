@@ -127,13 +127,17 @@ class FailOnce(Spy):
         return spied
 
 
-@pytest.mark.parametrize("lag", [0, 1])
-def test_the_retry_pair_training_scores_is_the_runtimes_retry(model, lag):
+@pytest.mark.parametrize("lag, capacity", [(0, 1), (1, 4)])
+def test_the_retry_pair_training_scores_is_the_runtimes_retry(model, lag, capacity):
     """A stream that fails the gate retries its block reading round v + 1's window without its own
-    rolled-back note; the exact form's retry pair of that block has the runtime's retry readiness
-    and window (1e-5), and differs from the attempt (the retry window holds the siblings' new
-    notes). The passes form's retry windows (``model.retry_window_mask``) hold the same entries."""
-    cfg, trunk, side, _ = model
+    rolled-back note (with one note per producer on the bus, the note that one had evicted is back);
+    the exact form's retry pair of that block has the runtime's retry readiness and window size
+    (1e-5), and differs from the attempt (the retry window holds the siblings' new notes). The
+    passes form's retry windows have the exact form's sizes at every block, also when streams end
+    on a partial block (never published). Entries: tests/test_bus.py."""
+    cfg, trunk, side, tok = model
+    cfg = dataclasses.replace(cfg, sidecar=dataclasses.replace(cfg.sidecar, bus_capacity=capacity))
+    model = (cfg, trunk, side, tok)
     at = 2
     spy, m, batch = runtime_rounds(model, lag, wrap=FailOnce, run_ahead=False, max_retries=1)
     assert [r["stride_index"] for r in m["rollbacks"]] == [at] and m["rollbacks"][0]["stream"] == "stream_1"
@@ -150,11 +154,20 @@ def test_the_retry_pair_training_scores_is_the_runtimes_retry(model, lag):
     np.testing.assert_allclose(out["readiness_logits"][0, 1:, at], attempt["readiness"][1:], atol=1e-5, rtol=0)
     # The two-pass form's retry windows: the same sizes at every block (entries by the stamp rule).
     c = dataclasses.replace(cfg, sidecar=dataclasses.replace(cfg.sidecar, lag=lag))
-    tp = jax.device_get(jax.jit(lambda b: pdt.forward_train(trunk, side, b, cfg=c, retry=True))(batch))
+    passes = jax.jit(lambda b: pdt.forward_train(trunk, side, b, cfg=c, retry=True))
+    exact = jax.jit(lambda b: train_forward.forward_exact(trunk, side, b, cfg=cfg, lag=lag, retry=True))
+    tp = jax.device_get(passes(batch))
     real = out["block_present"]
     np.testing.assert_array_equal(tp["retry_window_size"][real], out["retry_window_size"][real])
     np.testing.assert_array_equal(tp["retry_differs"], out["retry_differs"])
     assert out["retry_differs"][..., 1:ROUNDS].all() and (out["retry_window_size"] > out["window_size"])[real].any()
+    # Streams 2 and 3 end inside a block (same shapes: no new compile).
+    short = dict(batch, lengths=batch["lengths"] - np.array([[0, 2, 5]], np.int32))
+    ex, tp = jax.device_get(exact(short)), jax.device_get(passes(short))
+    real = ex["block_present"]
+    assert not ex["published"][0, 2][real[0, 2]].all()                 # a partial last block: no note
+    np.testing.assert_array_equal(tp["retry_window_size"][real], ex["retry_window_size"][real])
+    np.testing.assert_array_equal(tp["retry_differs"], ex["retry_differs"])
 
 
 def test_lm_loss_reaches_a_siblings_note_writer_only_through_visible_notes(model):
