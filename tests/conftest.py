@@ -25,8 +25,8 @@ import jax  # noqa: E402
 _SECONDS = {
     "tests/train/test_training.py": 314, "tests/test_demo.py": 195, "tests/runtime/test_runtime.py": 128,
     "tests/runtime/test_cli.py": 103, "tests/test_pdt_model.py": 91, "tests/multidevice/test_runtime_sharding.py": 61,
-    "tests/trunk/test_decode.py": 36, "tests/test_bus.py": 29, "tests/trunk/test_moe.py": 27,
-    "tests/train/test_forward.py": 26, "tests/data_pipeline/test_openai_teacher.py": 18,
+    "tests/trunk/test_decode.py": 36, "tests/test_bus.py": 43, "tests/trunk/test_moe.py": 27,
+    "tests/train/test_forward.py": 85, "tests/data_pipeline/test_openai_teacher.py": 18,
     "tests/data_pipeline/test_teacher_notes.py": 16, "tests/test_tokenizer.py": 12,
     "tests/multidevice/test_moe_sharding.py": 12, "tests/converters/test_bad_input.py": 11,
     "tests/multidevice/test_trunk_sharding.py": 11, "tests/data_pipeline/test_resume.py": 10,
