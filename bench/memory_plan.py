@@ -52,6 +52,7 @@ GPU_XLA_FLAGS = ("--xla_gpu_autotune_level=0",
                  # cub's radix sort (the MoE's argsort) is instantiated on a CUDA device at the end of
                  # the compile: without one, XLA's own sort kernel (its scratch is KBs, the plan the same).
                  "--xla_gpu_enable_cub_radix_sort=false")
+# plus training's own (pdt_jax/xla_flags.py, as launch/train.py sets them)
 
 
 def gpu_target_config(target: str) -> str:
@@ -99,13 +100,17 @@ def _fake_devices(n: int, mock_gpus: int = 0, gpu_target: str | None = None) -> 
     if gpu_target:
         if "jax" in sys.modules:
             raise RuntimeError("bench/memory_plan.py sets XLA's GPU flags before jax is imported")
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *GPU_XLA_FLAGS]).strip()
+        from pdt_jax import xla_flags   # no jax import
+        os.environ["XLA_FLAGS"] = xla_flags.with_train_flags(
+            " ".join([os.environ.get("XLA_FLAGS", ""), *GPU_XLA_FLAGS]).strip())
         os.environ["JAX_PLATFORMS"] = "cpu"   # the plugin then skips its check of CUDA libraries it never loads
         return
     if mock_gpus:
         # One real GPU posing as host 0 of ``mock_gpus`` one-GPU hosts (jax's mock NCCL topology):
         # jax.devices() lists them all, programs compile for the whole mesh (XLA:GPU's own sharded
         # plan, collectives included) and nothing runs. --devices is ignored.
+        from pdt_jax import xla_flags   # training's flags, as launch/train.py sets them
+        os.environ["XLA_FLAGS"] = xla_flags.with_train_flags(os.environ.get("XLA_FLAGS", ""))
         import jax  # the flag must be set before the first backend starts (jax 0.11 ignores its env var)
         jax.config.update("jax_mock_gpu_topology", f"1x{mock_gpus}x1")
         return

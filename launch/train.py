@@ -27,6 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # `python launch/train.py` from the repository root (configs/ is a package there)
     sys.path.insert(0, ROOT)
 
+from pdt_jax import xla_flags  # noqa: E402  (no jax import: the flags must precede jax's start)
+
+os.environ["XLA_FLAGS"] = xla_flags.with_train_flags(os.environ.get("XLA_FLAGS", ""))
+
 config_flags.DEFINE_config_file("config", None, "training config file (configs/stage*.py[:variant])",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, TensorBoard events, telemetry and the export")

@@ -185,7 +185,8 @@ def edit_bus(notes_PxKxUxN, present_PxKxU, batch: Mapping[str, Any], teacher=Non
 def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, Any], *, cfg: PDTConfig,
                   gate: float = 1.0, stop_grad_notes: bool = False, pass_a: str = "snapshot0",
                   visible_producers: jax.Array | None = None, moe_impl: str = "auto", passes: int = 2,
-                  remat: bool = False, q_chunk: int | None = None, retry: bool = False) -> dict:
+                  remat: bool = False, q_chunk: int | None = None, retry: bool = False,
+                  layer_sharding=None) -> dict:
     """Teacher-forced PDT over P examples × K streams.
 
     batch: tokens [P, K, T] int32 (prompt + stream target, right-padded), lengths [P, K],
@@ -201,7 +202,7 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
     reads the window its retry would (``retry_window_mask``, pass n − 1's notes): adds
     ``retry_readiness_logits``, ``retry_window_size`` and ``retry_differs`` [P, K, U]. Like the passes
     themselves it approximates inference: the blocks before v read their retry windows too (at
-    inference they were committed with their own).
+    inference they were committed with their own). ``layer_sharding``: ``trunk.model.prefill``'s.
     """
     sc, K = cfg.sidecar, cfg.K
     tokens = jnp.asarray(batch["tokens"])
@@ -221,7 +222,8 @@ def forward_train(trunk_params: dict, sidecar_params: dict, batch: Mapping[str, 
         ctx = HookContext(params=side_p, notes=notes_BxWxN, mask=mask_BxTxW, entries=entries_BxW, gate=gate_B,
                           q_chunk=q_chunk)
         hidden, _ = trunk_model.prefill(trunk_p, ids, lengths, cfg=cfg.trunk, hooks=hooks, ctx=ctx,
-                                        moe_impl=moe_impl, remat=remat, q_chunk=q_chunk)
+                                        moe_impl=moe_impl, remat=remat, q_chunk=q_chunk,
+                                        layer_sharding=layer_sharding)
         return hidden
 
     snapshot0 = batch.get("snapshot0")

@@ -81,3 +81,15 @@ def test_the_model_config_carries_mesh_and_rules_and_overrides_reach_them():
     assert cfg.rules.vocab == ("tensor", "expert") and cfg.rules.batch == ("data", "fsdp")
     with pytest.raises(Exception, match="vocabulary"):
         config_files.load("configs/model/pdt.py:tiny", ["--config.sharding.vocabulary=tensor"])
+
+
+def test_training_xla_flags_add_what_the_user_did_not_set():
+    """launch/train.py's XLA flags (pdt_jax/xla_flags.py): every training flag is added once; a
+    flag the user set keeps the user's value."""
+    from pdt_jax import xla_flags
+    mine = "--xla_gpu_all_gather_combine_threshold_bytes=1048576 --xla_dump_to=/tmp/d"
+    out = xla_flags.with_train_flags(mine).split()
+    assert out[:2] == mine.split()
+    assert sum(f.startswith("--xla_gpu_all_gather_combine_threshold_bytes=") for f in out) == 1
+    assert set(xla_flags.TRAIN[1:]) <= set(out)
+    assert xla_flags.with_train_flags(xla_flags.with_train_flags("")) == xla_flags.with_train_flags("")

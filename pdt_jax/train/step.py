@@ -51,6 +51,7 @@ class StepStatic:
     moe_impl: Any = "auto"                        # a trunk/moe.py impl name, or moe.PerShard (FSDP mesh)
     loss_chunk: int = 256                         # LM CE / KD computed this many positions at a time
     q_chunk: int = 0                              # trunk attention and SNC this many queries at a time (0: all)
+    layer_sharding: Any = None                    # per trunk layer, its parameters' shardings (Steps sets it)
 
     @classmethod
     def from_stage(cls, stage, cfg: pdt.PDTConfig, chosen, moe_impl: Any = "auto") -> "StepStatic":
@@ -69,7 +70,7 @@ class StepStatic:
 def model_forward(static: StepStatic, params, batch, rng):
     """The stage's forward over one micro-batch (``batch`` leaves [P, ...])."""
     cfg, side, trunk = static.cfg, params["sidecar"], params["trunk"]
-    memory = dict(remat=static.remat, q_chunk=static.q_chunk or None)
+    memory = dict(remat=static.remat, q_chunk=static.q_chunk or None, layer_sharding=static.layer_sharding)
     if static.form == "document":
         return {"hidden": document_hidden(static, trunk, batch, article=True)}
     if static.form == "teacher":
@@ -112,7 +113,8 @@ def document_hidden(static: StepStatic, trunk, batch, article: bool = False):
         tok, lens = tok[:, -1:], lens[:, -1:]
     R = tok.shape[1]
     hidden, _ = trunk_model.prefill(trunk, tok.reshape(P * R, Tk), lens.reshape(-1), cfg=static.cfg.trunk,
-                                    moe_impl=static.moe_impl, remat=static.remat, q_chunk=static.q_chunk or None)
+                                    moe_impl=static.moe_impl, remat=static.remat, q_chunk=static.q_chunk or None,
+                                    layer_sharding=static.layer_sharding)
     hidden = hidden.reshape(P, R, Tk, -1)
     idx = jnp.clip(batch["kd_index"], 0, Tk - 1)                                 # [P, K, T]
     rows = jnp.broadcast_to(hidden, (P, K, Tk, hidden.shape[-1])) if article else hidden
@@ -239,8 +241,12 @@ class Steps:
     first batch, when the batch's fields are known; one compile per batch bucket)."""
 
     def __init__(self, static: StepStatic, tx, sched, abstract_state, mesh, rules):
-        self.static, self.tx, self.sched, self.mesh, self.rules = static, tx, sched, mesh, rules
         self.state_sharding = state_shardings(abstract_state, static.cfg, mesh, rules)
+        if mesh.size > 1 and static.layer_sharding is None:
+            # Each trunk layer's parameters held to their sharding inside the layer (prefill's
+            # layer_sharding): FSDP gathers them per layer, inside remat.
+            static = dataclasses.replace(static, layer_sharding=tuple(self.state_sharding.params["trunk"]["layers"]))
+        self.static, self.tx, self.sched, self.mesh, self.rules = static, tx, sched, mesh, rules
         self._train = self._eval = None
 
     def _shardings(self, batch: dict) -> dict:
